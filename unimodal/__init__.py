@@ -1,0 +1,8 @@
+"""unimodal: one causal transformer for interleaved text, images and video (ACDiT-style)."""
+
+from .config import ModelConfig
+from .documents import Document, Image, Text
+from .model import UnifiedModel
+
+__all__ = ["Document", "Image", "ModelConfig", "Text", "UnifiedModel"]
+__version__ = "0.1.0"

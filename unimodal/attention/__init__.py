@@ -1,0 +1,14 @@
+"""The attention rule and its backends."""
+
+from .backends import BACKENDS, AttentionPlan, Fields, dense_mask, resolve_backend, xformers_available
+from .rule import allowed
+
+__all__ = [
+    "BACKENDS",
+    "AttentionPlan",
+    "Fields",
+    "allowed",
+    "dense_mask",
+    "resolve_backend",
+    "xformers_available",
+]

@@ -1,0 +1,131 @@
+"""Attention backends for the one rule: dense SDPA (the reference), FlexAttention, xformers.
+
+`plan_attention` is called once per layout (not per layer or step): it builds the backend's mask
+object from the query and key fields and returns an `AttentionPlan` that every layer calls with
+its q, k, v of shape (R, heads, L, head_dim).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .rule import allowed
+
+BACKENDS = ("dense", "flex", "xformers")
+FLEX_TILE = 128  # FlexAttention's block size: rows are padded to a multiple of it for that backend
+
+
+@dataclass
+class Fields:
+    """What the rule reads per token: doc, unit, noisy, and the token's index along its axis (R, L)."""
+
+    doc: torch.Tensor
+    unit: torch.Tensor
+    noisy: torch.Tensor
+    idx: torch.Tensor
+
+    @classmethod
+    def of(cls, layout, offset: int = 0) -> Fields:
+        """Fields of a `Layout`, token indices starting at `offset` (the cache length in inference)."""
+        r, n = layout.doc.shape
+        idx = torch.arange(offset, offset + n, device=layout.doc.device).expand(r, n)
+        return cls(layout.doc, layout.unit, layout.noisy, idx)
+
+    def cat(self, other: Fields) -> Fields:
+        return Fields(
+            *(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True))
+        )
+
+    def astuple(self) -> tuple[torch.Tensor, ...]:
+        return self.doc, self.unit, self.noisy, self.idx
+
+
+def dense_mask(q: Fields, k: Fields) -> torch.Tensor:
+    """Boolean mask (R, 1, Lq, Lk) of the rule, vectorised (no Python loops)."""
+    qs = [t[:, :, None] for t in q.astuple()]
+    ks = [t[:, None, :] for t in k.astuple()]
+    return allowed(*qs, *ks).unsqueeze(1)
+
+
+def xformers_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(name: str, length: int, device: torch.device) -> str:
+    """`auto`: FlexAttention on CUDA and for long CPU rows (>= 2048 tokens), dense SDPA otherwise."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+        if name == "xformers" and not xformers_available():
+            raise RuntimeError("attention backend 'xformers' needs CUDA and the xformers package")
+        return name
+    if device.type == "cuda" or length >= 2048:
+        return "flex"
+    return "dense"
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class AttentionPlan:
+    """A prepared mask for one layout; call it as plan(q, k, v) -> (R, heads, Lq, head_dim)."""
+
+    def __init__(self, q: Fields, k: Fields, backend: str) -> None:
+        self.backend = backend
+        if backend == "dense":
+            self.mask = dense_mask(q, k)
+        elif backend == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            qd, qu, qn, _ = q.astuple()
+            kd, ku, kn, _ = k.astuple()
+
+            def mask_mod(b, h, qi, ki):
+                return allowed(qd[b, qi], qu[b, qi], qn[b, qi], qi, kd[b, ki], ku[b, ki], kn[b, ki], ki)
+
+            r, lq = qd.shape
+            self.mask = create_block_mask(mask_mod, r, None, lq, kd.shape[1], device=qd.device)
+        elif backend == "xformers":
+            self.mask = dense_mask(q, k)
+            self._bias: dict[tuple, torch.Tensor] = {}
+        else:
+            raise ValueError(f"unknown attention backend {backend!r}")
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.backend == "dense":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        if self.backend == "flex":
+            return _compiled_flex()(q, k, v, block_mask=self.mask)
+        import xformers.ops as xops
+
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=self._xformers_bias(q)
+        )
+        return out.transpose(1, 2)
+
+    def _xformers_bias(self, q: torch.Tensor) -> torch.Tensor:
+        """Additive bias (R, heads, Lq, Lk) in q's dtype, stored with its last dim padded to 8 as
+        xformers requires; built once per dtype and head count, shared by every layer."""
+        key = (q.dtype, q.shape[1])
+        if key not in self._bias:
+            r, _, lq, lk = self.mask.shape
+            bias = torch.full(
+                (r, q.shape[1], lq, -(-lk // 8) * 8), float("-inf"), dtype=q.dtype, device=q.device
+            )
+            bias[..., :lk].masked_fill_(self.mask, 0.0)
+            self._bias[key] = bias[..., :lk]
+        return self._bias[key]

@@ -1,0 +1,198 @@
+"""ModelConfig: every architectural choice of a `UnifiedModel`, validated on construction.
+
+Presets give the paper's sizes (ACDiT-B/L/XL/H in the class-conditional ImageNet setting:
+4-channel latents, patch 1, 1000 classes, blocks of 16x16 latent tokens on a 32x32 grid) and small
+CPU models. Configs round-trip through JSON (`to_dict` / `from_dict`), and unknown or ill-typed
+keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from .patches import BlockSpec
+from .rope import default_sections
+
+MLP_KINDS = ("gelu_tanh", "gelu", "swiglu")
+DIFFUSIONS = ("ddpm_eps", "flow")
+ATTENTION_BACKENDS = ("auto", "dense", "flex", "xformers")
+ROPE_MODES = ("axial", "official")
+BLOCK_KINDS = ("tiles", "rows", "frames")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a UnifiedModel. `vocab_size=0` means no text; `num_classes=0` means no labels."""
+
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp: str = "gelu_tanh"
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_norm: bool = True
+    norm_eps: float = 1e-6
+    vocab_size: int = 0
+    tie_embeddings: bool = True
+    num_classes: int = 0
+    channels: int = 3
+    patch_size: int = 2
+    image_size: int = 16
+    frames: int = 1
+    block_kind: str = "tiles"
+    block_size: int = 4
+    diffusion: str = "flow"
+    rope: str = "axial"
+    rope_sections: list[int] = field(default_factory=list)
+    rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
+    timestep_freq_dim: int = 256
+    attention: str = "auto"
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        choices = {
+            "mlp": MLP_KINDS,
+            "diffusion": DIFFUSIONS,
+            "attention": ATTENTION_BACKENDS,
+            "rope": ROPE_MODES,
+            "block_kind": BLOCK_KINDS,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"ModelConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        for key in ("dim", "depth", "heads", "channels", "patch_size", "image_size", "frames", "block_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"ModelConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.dim % self.heads:
+            raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not self.rope_sections:
+            self.rope_sections = list(default_sections(self.head_dim))
+        if len(self.rope_sections) != 3 or sum(self.rope_sections) != self.head_dim:
+            raise ValueError(
+                f"ModelConfig.rope_sections must be 3 even sizes summing to head_dim {self.head_dim}, "
+                f"got {self.rope_sections}"
+            )
+        if len(self.rope_theta) != 3:
+            raise ValueError(f"ModelConfig.rope_theta must have 3 values (t, h, w), got {self.rope_theta}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ModelConfig.patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
+            )
+        self.block_spec.block_len(self.grid)  # raises if the blocks do not tile the grid
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            typ = eval(f.type) if isinstance(f.type, str) else f.type  # noqa: S307 - our own annotations
+            base = get_origin(typ) or typ
+            if base is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+                continue
+            if base is list:
+                (item,) = get_args(typ)
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
+                )
+                if ok:
+                    setattr(self, f.name, [item(v) for v in value])
+                    continue
+            elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
+                continue
+            raise TypeError(f"ModelConfig.{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Features per visual token: channels * patch_size**2."""
+        return self.channels * self.patch_size**2
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Default (frames, rows, cols) patch grid of a generated image or clip."""
+        n = self.image_size // self.patch_size
+        return (self.frames, n, n)
+
+    @property
+    def block_spec(self) -> BlockSpec:
+        return BlockSpec(self.block_kind, self.block_size)
+
+    @property
+    def mlp_hidden(self) -> int:
+        h = self.mlp_ratio * self.dim
+        if self.mlp == "swiglu":
+            return int(round(2 * h / 3 / 32)) * 32
+        return int(round(h))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> ModelConfig:
+        """Build from a dict; an unknown key is an error naming it and `source`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise KeyError(f"{source}: unknown ModelConfig key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(d, source=str(path))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset, with keyword overrides. `PRESETS` lists the names."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides}, source=f"preset {name!r}")
+
+
+def _acdit(depth: int, dim: int, heads: int) -> dict[str, Any]:
+    """The paper's class-conditional ImageNet setting: SD-VAE latents 32x32x4, patch 1, 16x16 blocks."""
+    return dict(
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp="gelu_tanh",
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        vocab_size=0,
+        num_classes=1000,
+        channels=4,
+        patch_size=1,
+        image_size=32,
+        block_kind="tiles",
+        block_size=16,
+        diffusion="ddpm_eps",
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "acdit-b": _acdit(12, 768, 12),
+    "acdit-l": _acdit(24, 1024, 16),
+    "acdit-xl": _acdit(28, 1152, 18),
+    "acdit-h": _acdit(32, 1280, 20),
+    # Small models for this kind of machine (CPU, bf16 autocast). `vocab_size` follows the tokenizer.
+    "tiny": dict(
+        dim=256, depth=6, heads=4, mlp="gelu", vocab_size=512, image_size=16, patch_size=2, block_size=4
+    ),
+    "micro": dict(
+        dim=64, depth=2, heads=2, mlp="gelu", vocab_size=64, image_size=8, patch_size=2, block_size=2
+    ),
+}

@@ -1,0 +1,105 @@
+"""Diffusion parameterisations and the training losses.
+
+- ``ddpm_eps``: the paper's ε-prediction on the DDPM linear-β schedule (β from 1e-4 to 0.02 over
+  1000 steps, as diffusers' `DDPMScheduler()` defaults); t uniform over {0..999}.
+- ``flow``: rectified flow, x_t = (1 - t) x_0 + t ε, velocity target ε - x_0, t logit-normal.
+
+Every visual block draws its own t (Diffusion-Forcing-style independent noise per unit). The
+losses are text cross-entropy at clean text tokens and MSE at noisy tokens, weighted per
+modality and reported separately, computed in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layout import IGNORE, TEXT, Batch
+
+NUM_TRAIN_STEPS = 1000
+
+
+def ddpm_alphas_cumprod(beta_start: float = 1e-4, beta_end: float = 0.02, steps: int = NUM_TRAIN_STEPS):
+    """ᾱ_t of the linear-β schedule, in float32 as diffusers computes it."""
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class Diffusion:
+    """Noising and targets for one parameterisation (`ddpm_eps` or `flow`)."""
+
+    def __init__(self, kind: str = "flow", logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+        if kind not in ("ddpm_eps", "flow"):
+            raise ValueError(f"diffusion must be 'ddpm_eps' or 'flow', got {kind!r}")
+        self.kind = kind
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+        self.alphas_cumprod = ddpm_alphas_cumprod()
+
+    def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n independent timesteps: integer steps (ddpm_eps) or times in (0, 1) (flow)."""
+        if self.kind == "ddpm_eps":
+            return torch.randint(0, NUM_TRAIN_STEPS, (n,), generator=generator)
+        z = torch.randn(n, generator=generator) * self.logit_std + self.logit_mean
+        return torch.sigmoid(z)
+
+    def noise(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t and the regression target for clean x0 (n, D), noise eps and per-token t (n,)."""
+        if self.kind == "ddpm_eps":
+            acp = self.alphas_cumprod.to(x0.device)[t.long()].unsqueeze(-1)
+            return acp.sqrt() * x0 + (1 - acp).sqrt() * eps, eps
+        tt = t.to(x0.dtype).unsqueeze(-1)
+        return (1 - tt) * x0 + tt * eps, eps - x0
+
+
+@dataclass
+class NoisedBatch:
+    """Model inputs for one training step: patches with noisy copies replaced by x_t, per-block t,
+    and the diffusion target at noisy tokens (row-major order)."""
+
+    patches: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+
+
+def noise_batch(batch: Batch, diffusion: Diffusion, generator: torch.Generator | None = None) -> NoisedBatch:
+    """Draw one t per visual block and fresh noise per noisy token."""
+    lay = batch.layout
+    t = diffusion.sample_t(batch.block_label.numel(), generator).to(batch.patches.device)
+    noisy = lay.noisy
+    x0 = batch.patches[noisy]
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    xt, target = diffusion.noise(x0, eps, t[lay.block[noisy]])
+    patches = batch.patches.clone()
+    patches[noisy] = xt
+    return NoisedBatch(patches, t, target)
+
+
+def losses(
+    model,
+    batch: Batch,
+    diffusion: Diffusion,
+    generator: torch.Generator | None = None,
+    text_weight: float = 1.0,
+    image_weight: float = 1.0,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """{'loss', 'text', 'image'}: the weighted total and each modality's mean loss (float32).
+
+    A modality absent from the batch contributes 0 and reports 0. `labels` (NB,) overrides the
+    batch's block labels, e.g. with some dropped to the null class for guidance.
+    """
+    nb = noise_batch(batch, diffusion, generator)
+    lay = batch.layout
+    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=batch.block_label if labels is None else labels)
+    zero = torch.zeros((), device=nb.patches.device)
+    image = F.mse_loss(out.pred.float(), nb.target.float()) if out.pred is not None else zero
+    text = zero
+    if out.text_logits is not None:
+        targets = batch.text_targets[(lay.modality == TEXT) & ~lay.noisy]
+        if (targets != IGNORE).any():
+            text = F.cross_entropy(out.text_logits.float(), targets, ignore_index=IGNORE)
+    return {"loss": text_weight * text + image_weight * image, "text": text.detach(), "image": image.detach()}

@@ -1,0 +1,265 @@
+"""The layout of a packed batch: the per-token description everything downstream reads.
+
+A document becomes a sequence of *units* (ARCHITECTURE.md §2): each text token is one unit, each
+visual block is one unit. Every unit has a clean copy in causal order; during training each visual
+block also gets a noisy copy placed right after its clean copy, with the same positions.
+
+`pack` turns encoded documents into rows (several documents per row, padding at the end) and
+returns a `Batch`: the `Layout` (structure only: doc, unit, noisy, modality, RoPE positions, block
+index), the model inputs (token ids, patch features) and the text targets. The mask, RoPE, AdaLN,
+losses and the KV cache all read these fields; nothing re-derives structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from .documents import Document, Image, Text
+from .patches import BlockSpec, to_blocks
+
+TEXT, VISUAL, PAD = 0, 1, -1
+IGNORE = -100
+
+
+@dataclass
+class VisualSegment:
+    """One image or clip cut into blocks: tokens (N, B, D), local positions (N, B, 3), its patch grid."""
+
+    tokens: torch.Tensor
+    pos: torch.Tensor
+    grid: tuple[int, int, int]
+
+
+@dataclass
+class EncodedDoc:
+    """A document in model units: text ids (lists of ints) and visual segments, in order."""
+
+    segments: list[list[int] | VisualSegment]
+    label: int | None = None
+
+
+def encode_document(
+    doc: Document,
+    patch_size: int,
+    block: BlockSpec,
+    tokenize=None,
+    normalize=None,
+) -> EncodedDoc:
+    """Encode a `Document`: text through `tokenize` (str -> ids) unless `Text.ids` is given, images
+    through `normalize` (tensor -> tensor, e.g. a latent encoder) then patches and blocks."""
+    segs: list[list[int] | VisualSegment] = []
+    for i, s in enumerate(doc.segments):
+        if isinstance(s, Text):
+            if s.ids is not None:
+                segs.append(list(s.ids))
+            elif tokenize is None:
+                raise ValueError(f"segment {i}: Text has no ids and no tokenizer was given")
+            else:
+                segs.append(list(tokenize(s.text)))
+        elif isinstance(s, Image):
+            x = s.to_tensor()
+            if normalize is not None:
+                x = normalize(x)
+            tokens, pos = to_blocks(x, patch_size, block)
+            t, _, h, w = x.shape
+            segs.append(VisualSegment(tokens, pos, (t, h // patch_size, w // patch_size)))
+    return EncodedDoc(segs, doc.label)
+
+
+@dataclass
+class Layout:
+    """Per-token structure of R packed rows of length L (all tensors (R, L) unless noted).
+
+    doc: document id within the batch, -1 for padding.  unit: autoregressive step within the
+    document.  noisy: token belongs to a noisy copy.  modality: TEXT, VISUAL or PAD.
+    pos: (R, L, 3) RoPE positions (t, h, w).  block: index into the batch's block table for visual
+    tokens (clean and noisy copies share it), -1 otherwise.
+    """
+
+    doc: torch.Tensor
+    unit: torch.Tensor
+    noisy: torch.Tensor
+    modality: torch.Tensor
+    pos: torch.Tensor
+    block: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.doc.shape)  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> Layout:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def index(self, idx: torch.Tensor) -> Layout:
+        """Tokens `idx` (R, n) of every row: the layout of a slice, e.g. one unit for a cached step."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = (
+                v.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)) if f.name == "pos" else v.gather(1, idx)
+            )
+        return Layout(**out)
+
+
+@dataclass
+class Batch:
+    """A packed batch: layout, inputs, targets and the block table.
+
+    tokens: (R, L) text ids (0 elsewhere).  patches: (R, L, D) clean patch features at visual
+    tokens, both copies (0 elsewhere; the diffusion module noises the noisy copies).
+    text_targets: (R, L) next text id at clean text tokens whose next unit is text, else IGNORE.
+    block_label: (NB,) class label of each visual block's document (-1: none).
+    block_doc: (NB,) document id of each block. segments: per document, (row, visual segment
+    grids and their first block index), to reassemble images.
+    """
+
+    layout: Layout
+    tokens: torch.Tensor
+    patches: torch.Tensor
+    text_targets: torch.Tensor
+    block_label: torch.Tensor
+    block_doc: torch.Tensor
+    images: list[tuple[int, int, tuple[int, int, int]]] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(
+            self,
+            layout=self.layout.to(device),
+            tokens=self.tokens.to(device),
+            patches=self.patches.to(device),
+            text_targets=self.text_targets.to(device),
+            block_label=self.block_label.to(device),
+            block_doc=self.block_doc.to(device),
+        )
+
+
+def _doc_tokens(doc: EncodedDoc, with_noisy: bool) -> dict[str, list]:
+    """Flatten one document into per-token lists (no padding), positions M-RoPE style."""
+    cols: dict[str, list] = {k: [] for k in ("unit", "noisy", "modality", "pos", "block", "token", "patch")}
+    blocks: list[torch.Tensor] = []
+    unit = 0
+    index = 0  # running RoPE index
+    for seg in doc.segments:
+        if isinstance(seg, VisualSegment):
+            n, b, _ = seg.tokens.shape
+            extent = max(seg.grid)
+            for j in range(n):
+                pos = (seg.pos[j] + index).tolist()
+                for copy in (False, True) if with_noisy else (False,):
+                    cols["unit"] += [unit] * b
+                    cols["noisy"] += [copy] * b
+                    cols["modality"] += [VISUAL] * b
+                    cols["pos"] += pos
+                    cols["block"] += [len(blocks)] * b
+                    cols["token"] += [0] * b
+                    cols["patch"].append(seg.tokens[j])
+                blocks.append(seg.tokens[j])
+                unit += 1
+            index += extent
+        else:
+            for tok in seg:
+                cols["unit"].append(unit)
+                cols["noisy"].append(False)
+                cols["modality"].append(TEXT)
+                cols["pos"].append([index] * 3)
+                cols["block"].append(-1)
+                cols["token"].append(int(tok))
+                cols["patch"].append(None)
+                unit += 1
+                index += 1
+    cols["n_blocks"] = len(blocks)  # type: ignore[assignment]
+    return cols
+
+
+def pack(
+    docs: list[EncodedDoc],
+    patch_dim: int,
+    row_len: int | None = None,
+    pad_multiple: int = 1,
+    with_noisy: bool = True,
+) -> Batch:
+    """Pack documents into rows, first fit in the given order.
+
+    With `row_len=None` each document gets its own row and rows are padded to the longest, rounded
+    up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than `row_len` is an
+    error naming it.
+    """
+    flat = [_doc_tokens(d, with_noisy) for d in docs]
+    lengths = [len(f["unit"]) for f in flat]
+    if row_len is None:
+        rows = [[i] for i in range(len(docs))]
+        row_len = max(lengths, default=1)
+    else:
+        rows, fill = [], []
+        for i, n in enumerate(lengths):
+            if n > row_len:
+                raise ValueError(f"document {i} has {n} tokens, more than row_len={row_len}")
+            for r, used in enumerate(fill):
+                if used + n <= row_len:
+                    rows[r].append(i)
+                    fill[r] += n
+                    break
+            else:
+                rows.append([i])
+                fill.append(n)
+    L = -(-row_len // pad_multiple) * pad_multiple
+    R = len(rows)
+    doc_t = torch.full((R, L), -1, dtype=torch.long)
+    unit_t = torch.zeros((R, L), dtype=torch.long)
+    noisy_t = torch.zeros((R, L), dtype=torch.bool)
+    mod_t = torch.full((R, L), PAD, dtype=torch.long)
+    pos_t = torch.zeros((R, L, 3), dtype=torch.long)
+    block_t = torch.full((R, L), -1, dtype=torch.long)
+    tok_t = torch.zeros((R, L), dtype=torch.long)
+    patch_t = torch.zeros((R, L, patch_dim))
+    tgt_t = torch.full((R, L), IGNORE, dtype=torch.long)
+    block_label, block_doc, images = [], [], []
+    for r, members in enumerate(rows):
+        off = 0
+        for d in members:
+            f, n = flat[d], lengths[d]
+            sl = slice(off, off + n)
+            doc_t[r, sl] = d
+            unit_t[r, sl] = torch.tensor(f["unit"], dtype=torch.long)
+            noisy_t[r, sl] = torch.tensor(f["noisy"], dtype=torch.bool)
+            mod_t[r, sl] = torch.tensor(f["modality"], dtype=torch.long)
+            pos_t[r, sl] = torch.tensor(f["pos"], dtype=torch.long).reshape(n, 3)
+            blk = torch.tensor(f["block"], dtype=torch.long)
+            block_t[r, sl] = torch.where(blk >= 0, blk + len(block_label), blk)
+            tok_t[r, sl] = torch.tensor(f["token"], dtype=torch.long)
+            is_vis = mod_t[r, sl] == VISUAL
+            if is_vis.any():
+                vis = torch.cat([p for p in f["patch"] if p is not None])
+                if vis.shape[-1] != patch_dim:
+                    raise ValueError(
+                        f"document {d}: patch features have size {vis.shape[-1]}, expected {patch_dim}"
+                    )
+                patch_t[r, off : off + n][is_vis] = vis.float()
+            # next-token targets: a clean text token predicts the next unit when that unit is text
+            is_text = mod_t[r, sl] == TEXT
+            nxt = torch.zeros(n, dtype=torch.bool)
+            nxt[:-1] = is_text[:-1] & is_text[1:]
+            tgt = torch.full((n,), IGNORE, dtype=torch.long)
+            tgt[:-1] = torch.where(nxt[:-1], tok_t[r, off + 1 : off + n], IGNORE)
+            tgt_t[r, sl] = tgt
+            first_block = len(block_label)
+            label = docs[d].label
+            block_label += [label if label is not None else -1] * f["n_blocks"]
+            block_doc += [d] * f["n_blocks"]
+            for seg in docs[d].segments:
+                if isinstance(seg, VisualSegment):
+                    images.append((d, first_block, seg.grid))
+                    first_block += seg.tokens.shape[0]
+            off += n
+    layout = Layout(doc_t, unit_t, noisy_t, mod_t, pos_t, block_t)
+    return Batch(
+        layout,
+        tok_t,
+        patch_t,
+        tgt_t,
+        torch.tensor(block_label, dtype=torch.long),
+        torch.tensor(block_doc, dtype=torch.long),
+        images,
+    )

@@ -1,0 +1,282 @@
+"""UnifiedModel: one causal transformer trunk with a text head and a diffusion head.
+
+Clean tokens (text and clean image blocks) form a plain pre-norm stream. Noisy tokens (the noisy
+copies of image blocks) are modulated by AdaLN-Zero from their block's conditioning vector
+(timestep embedding, plus class embedding in class-conditional mode). Which token sees which is
+decided by the layout through the one attention rule; the same `forward` runs the full training
+sequence and, given a `KVCache`, one incremental step of generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import AttentionPlan, Fields, resolve_backend
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .layout import TEXT, Layout
+from .rope import RopeND
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned weight, computed in float32 and cast back (as the official code)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features [cos, sin] (max period 10000) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind = cfg.mlp
+        hidden = cfg.mlp_hidden
+        if self.kind == "swiglu":
+            self.fc1 = nn.Linear(cfg.dim, 2 * hidden, bias=False)
+            self.fc2 = nn.Linear(hidden, cfg.dim, bias=False)
+        else:
+            self.fc1 = nn.Linear(cfg.dim, hidden)
+            self.fc2 = nn.Linear(hidden, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.kind == "swiglu":
+            a, b = h.chunk(2, dim=-1)
+            h = F.silu(a) * b
+        else:
+            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        return self.fc2(h)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
+
+    def forward(self, x, rope: RopeND, tables, plan: AttentionPlan, cache: KVCache | None, layer: int):
+        r, n, _ = x.shape
+        q, k, v = self.qkv(x).view(r, n, 3, self.heads, self.head_dim).unbind(2)
+        q = rope.apply(self.q_norm(q), tables).transpose(1, 2)
+        k = rope.apply(self.k_norm(k), tables).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if cache is not None:
+            ck, cv = cache.keys(layer)
+            cache.write(layer, k, v)
+            k = torch.cat([ck.to(k.dtype), k], dim=2)
+            v = torch.cat([cv.to(v.dtype), v], dim=2)
+        out = plan(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(r, n, -1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; AdaLN-Zero (shift, scale, gate) applies to noisy tokens only."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+
+    def modulation(self, cond: torch.Tensor | None, gather: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-token (R, L, 6*dim) modulation: block rows for noisy tokens, identity for clean ones."""
+        if cond is None:
+            return None
+        table = self.adaLN_modulation(cond)
+        d = table.shape[-1] // 6
+        identity = torch.zeros(1, 6 * d, dtype=table.dtype, device=table.device)
+        identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
+        identity[:, 5 * d :] = 1.0  # gate_mlp
+        return torch.cat([table, identity])[gather]
+
+    def forward(self, x, cond, gather, rope, tables, plan, cache, layer):
+        mod = self.modulation(cond, gather)
+        if mod is None:
+            x = x + self.attn(self.norm1(x), rope, tables, plan, cache, layer)
+            return x + self.mlp(self.norm2(x))
+        sa, ca, ga, sm, cm, gm = mod.chunk(6, dim=-1)
+        x = x + ga * self.attn(self.norm1(x) * (1 + ca) + sa, rope, tables, plan, cache, layer)
+        return x + gm * self.mlp(self.norm2(x) * (1 + cm) + sm)
+
+
+class FinalLayer(nn.Module):
+    """Diffusion head: RMSNorm -> AdaLN (shift, scale) -> Linear to patch features."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm_final = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        self.linear = nn.Linear(cfg.dim, cfg.patch_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
+        return self.linear(self.norm_final(x) * (1 + scale) + shift)
+
+
+@dataclass
+class ModelOutput:
+    """hidden: (R, L, dim) trunk output.  pred: (n_noisy, patch_dim) diffusion-head output at the
+    layout's noisy tokens (row-major order), or None.  text_logits: (n_text, vocab) at clean text
+    tokens (row-major order), or None."""
+
+    hidden: torch.Tensor
+    pred: torch.Tensor | None
+    text_logits: torch.Tensor | None
+
+
+class UnifiedModel(nn.Module):
+    """The unified text + image (+ video) transformer of ARCHITECTURE.md §3."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.x_embedder = nn.Linear(cfg.patch_dim, cfg.dim, bias=False)
+        self.t_embedder = TimestepEmbedder(cfg.dim, cfg.timestep_freq_dim)
+        self.y_embedder = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.num_classes else None
+        self.tok_embedder = nn.Embedding(cfg.vocab_size, cfg.dim) if cfg.vocab_size else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg)
+        if cfg.vocab_size:
+            self.text_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.text_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.rope = RopeND(cfg.head_dim, tuple(cfg.rope_sections), tuple(cfg.rope_theta), cfg.rope)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT-style: xavier-uniform linears, N(0, 0.02) embeddings, zero AdaLN and diffusion output."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for emb in (self.y_embedder, self.tok_embedder):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+        for lin in self.t_embedder.mlp[0], self.t_embedder.mlp[2]:
+            nn.init.normal_(lin.weight, std=0.02)
+        if self.cfg.vocab_size and self.text_head is not None:
+            nn.init.normal_(self.text_head.weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        for lin in self.final_layer.adaLN_modulation[-1], self.final_layer.linear:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def condition(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Per-block conditioning vectors (NB, dim): timestep embedding (+ class embedding; label -1
+        or an absent label is the null class used for guidance)."""
+        c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            null = self.cfg.num_classes
+            y = torch.full_like(t, null, dtype=torch.long) if labels is None else labels
+            c = c + self.y_embedder(torch.where(y < 0, null, y))
+        return c
+
+    def timestep_input(self, t: torch.Tensor) -> torch.Tensor:
+        """What the timestep embedder sees: DDPM step indices as they are, flow times in [0, 1] x 1000."""
+        return t * 1000.0 if self.cfg.diffusion == "flow" else t
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        patches: torch.Tensor,
+        layout: Layout,
+        t: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        commit: torch.Tensor | None = None,
+        backend: str | None = None,
+        heads: bool = True,
+    ) -> ModelOutput:
+        """Run the trunk over the tokens described by `layout` (R, L).
+
+        tokens (R, L) text ids; patches (R, L, patch_dim) visual features (noisy copies already
+        noised); t (NB,) per-block diffusion time and labels (NB,) per-block class, indexed by
+        `layout.block`. With `cache`, the tokens attend to the cached clean context as well, and
+        the tokens flagged in `commit` (R, L) are appended to the cache.
+        """
+        cfg = self.cfg
+        x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
+        if self.tok_embedder is not None:
+            is_text = (layout.modality == TEXT).unsqueeze(-1)
+            x = torch.where(is_text, self.tok_embedder(tokens.clamp(0, cfg.vocab_size - 1)).to(x.dtype), x)
+        noisy = layout.noisy
+        has_noisy = bool(noisy.any())
+        cond = gather = None
+        if has_noisy:
+            if t is None:
+                raise ValueError("the layout has noisy tokens but no timesteps t were given")
+            cond = self.condition(self.timestep_input(t), labels)
+            gather = torch.where(noisy, layout.block, cond.shape[0])
+        q_fields = Fields.of(layout, offset=cache.span if cache is not None else 0)
+        if cache is not None:
+            k_fields = cache.fields().cat(q_fields)
+            plan = AttentionPlan(q_fields, k_fields, "dense" if backend is None else backend)
+            cache.begin_commit(layout, commit if commit is not None else torch.zeros_like(noisy))
+        else:
+            name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device)
+            plan = AttentionPlan(q_fields, q_fields, name)
+        tables = self.rope.tables(layout.pos)
+        for i, blk in enumerate(self.blocks):
+            args = (x, cond, gather, self.rope, tables, plan, cache, i)
+            if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, *args, use_reentrant=False)
+            else:
+                x = blk(*args)
+        if cache is not None:
+            cache.end_commit()
+        if not heads:
+            return ModelOutput(x, None, None)
+        pred = self.final_layer(x[noisy], cond[layout.block[noisy]]) if has_noisy else None
+        text_logits = None
+        if self.tok_embedder is not None:
+            text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])
+        return ModelOutput(x, pred, text_logits)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.text_norm(h)
+        w = self.tok_embedder.weight if self.text_head is None else self.text_head.weight
+        return F.linear(h, w.to(h.dtype))
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` clean tokens."""
+        p = self.x_embedder.weight
+        return KVCache(
+            self.cfg.depth, batch, self.cfg.heads, self.cfg.head_dim, max_len, dtype or p.dtype, p.device
+        )

@@ -80,9 +80,7 @@ class ModelConfig:
         if len(self.rope_theta) != 3:
             raise ValueError(f"ModelConfig.rope_theta must have 3 values (t, h, w), got {self.rope_theta}")
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ModelConfig.patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
-            )
+            raise ValueError(f"ModelConfig.patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
         self.block_spec.block_len(self.grid)  # raises if the blocks do not tile the grid
 
     def _check_types(self) -> None:
@@ -189,10 +187,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "acdit-xl": _acdit(28, 1152, 18),
     "acdit-h": _acdit(32, 1280, 20),
     # Small models for this kind of machine (CPU, bf16 autocast). `vocab_size` follows the tokenizer.
-    "tiny": dict(
-        dim=256, depth=6, heads=4, mlp="gelu", vocab_size=512, image_size=16, patch_size=2, block_size=4
-    ),
-    "micro": dict(
-        dim=64, depth=2, heads=2, mlp="gelu", vocab_size=64, image_size=8, patch_size=2, block_size=2
-    ),
+    "tiny": dict(dim=256, depth=6, heads=4, mlp="gelu", vocab_size=512, image_size=16, patch_size=2, block_size=4),
+    "micro": dict(dim=64, depth=2, heads=2, mlp="gelu", vocab_size=64, image_size=8, patch_size=2, block_size=2),
 }

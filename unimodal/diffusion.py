@@ -44,9 +44,7 @@ class Diffusion:
         z = torch.randn(n, generator=generator) * self.logit_std + self.logit_mean
         return torch.sigmoid(z)
 
-    def noise(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t and the regression target for clean x0 (n, D), noise eps and per-token t (n,)."""
         if self.kind == "ddpm_eps":
             acp = self.alphas_cumprod.to(x0.device)[t.long()].unsqueeze(-1)

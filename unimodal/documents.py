@@ -47,18 +47,14 @@ class Image:
             except ImportError as e:  # pragma: no cover - pillow is a core dependency
                 raise TypeError("Image.data must be an array, a tensor or a PIL image") from e
             if not isinstance(x, PILImage.Image):
-                raise TypeError(
-                    f"Image.data must be an array, a tensor or a PIL image, got {type(x).__name__}"
-                )
+                raise TypeError(f"Image.data must be an array, a tensor or a PIL image, got {type(x).__name__}")
             x = np.asarray(x)
         t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
         if self.latent:
             if t.dim() == 3:
                 t = t.unsqueeze(0)
             if t.dim() != 4:
-                raise ValueError(
-                    f"latent Image must be (C, H, W) or (T, C, H, W), got shape {tuple(t.shape)}"
-                )
+                raise ValueError(f"latent Image must be (C, H, W) or (T, C, H, W), got shape {tuple(t.shape)}")
             return t.float()
         is_uint8 = t.dtype == torch.uint8
         if t.dim() == 2:
@@ -66,9 +62,7 @@ class Image:
         if t.dim() == 3:
             t = t.unsqueeze(0)
         if t.dim() != 4:
-            raise ValueError(
-                f"pixel Image must be (H, W), (H, W, C) or (T, H, W, C), got shape {tuple(t.shape)}"
-            )
+            raise ValueError(f"pixel Image must be (H, W), (H, W, C) or (T, H, W, C), got shape {tuple(t.shape)}")
         t = t.permute(0, 3, 1, 2).float()
         return t / 127.5 - 1.0 if is_uint8 else t
 

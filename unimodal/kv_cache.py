@@ -47,9 +47,7 @@ class KVCache:
         s = self.span
         b = self.doc.shape[0]
         idx = torch.arange(s, device=self.doc.device).expand(b, s)
-        return Fields(
-            self.doc[:, :s], self.unit[:, :s], torch.zeros_like(self.unit[:, :s], dtype=torch.bool), idx
-        )
+        return Fields(self.doc[:, :s], self.unit[:, :s], torch.zeros_like(self.unit[:, :s], dtype=torch.bool), idx)
 
     def keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.span

@@ -97,9 +97,7 @@ class Layout:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = (
-                v.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)) if f.name == "pos" else v.gather(1, idx)
-            )
+            out[f.name] = v.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)) if f.name == "pos" else v.gather(1, idx)
         return Layout(**out)
 
 
@@ -233,9 +231,7 @@ def pack(
             if is_vis.any():
                 vis = torch.cat([p for p in f["patch"] if p is not None])
                 if vis.shape[-1] != patch_dim:
-                    raise ValueError(
-                        f"document {d}: patch features have size {vis.shape[-1]}, expected {patch_dim}"
-                    )
+                    raise ValueError(f"document {d}: patch features have size {vis.shape[-1]}, expected {patch_dim}")
                 patch_t[r, off : off + n][is_vis] = vis.float()
             # next-token targets: a clean text token predicts the next unit when that unit is text
             is_text = mod_t[r, sl] == TEXT

@@ -277,6 +277,4 @@ class UnifiedModel(nn.Module):
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for `batch` rows of up to `max_len` clean tokens."""
         p = self.x_embedder.weight
-        return KVCache(
-            self.cfg.depth, batch, self.cfg.heads, self.cfg.head_dim, max_len, dtype or p.dtype, p.device
-        )
+        return KVCache(self.cfg.depth, batch, self.cfg.heads, self.cfg.head_dim, max_len, dtype or p.dtype, p.device)

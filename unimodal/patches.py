@@ -103,9 +103,7 @@ def to_blocks(x: torch.Tensor, patch: int, spec: BlockSpec) -> tuple[torch.Tenso
     return tokens, grid_positions(grid)[order].reshape(n, b, 3)
 
 
-def from_blocks(
-    tokens: torch.Tensor, grid: tuple[int, int, int], patch: int, spec: BlockSpec
-) -> torch.Tensor:
+def from_blocks(tokens: torch.Tensor, grid: tuple[int, int, int], patch: int, spec: BlockSpec) -> torch.Tensor:
     """Exact inverse of `to_blocks`: tokens (N, B, D) on a patch grid -> (T, C, H, W).
 
     Works on any leading batch dimensions: (..., N, B, D) -> (..., T, C, H, W).

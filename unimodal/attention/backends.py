@@ -36,9 +36,7 @@ class Fields:
         return cls(layout.doc, layout.unit, layout.noisy, idx)
 
     def cat(self, other: Fields) -> Fields:
-        return Fields(
-            *(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True))
-        )
+        return Fields(*(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[torch.Tensor, ...]:
         return self.doc, self.unit, self.noisy, self.idx
@@ -123,9 +121,7 @@ class AttentionPlan:
         key = (q.dtype, q.shape[1])
         if key not in self._bias:
             r, _, lq, lk = self.mask.shape
-            bias = torch.full(
-                (r, q.shape[1], lq, -(-lk // 8) * 8), float("-inf"), dtype=q.dtype, device=q.device
-            )
+            bias = torch.full((r, q.shape[1], lq, -(-lk // 8) * 8), float("-inf"), dtype=q.dtype, device=q.device)
             bias[..., :lk].masked_fill_(self.mask, 0.0)
             self._bias[key] = bias[..., :lk]
         return self._bias[key]

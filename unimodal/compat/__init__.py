@@ -1,0 +1,1 @@
+"""Compatibility with other codebases' checkpoints (the official ACDiT code)."""

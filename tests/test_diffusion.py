@@ -1,0 +1,110 @@
+"""Diffusion parameterisations against diffusers, and the per-modality losses."""
+
+import numpy as np
+import pytest
+import torch
+
+from unimodal import Document, Image, ModelConfig, Text, UnifiedModel
+from unimodal.diffusion import Diffusion, losses, noise_batch
+from unimodal.layout import encode_document, pack
+
+
+def test_ddpm_noise_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler()  # the paper's schedule: linear beta 1e-4..0.02, 1000 steps
+    d = Diffusion("ddpm_eps")
+    x0, eps = torch.randn(64, 12), torch.randn(64, 12)
+    t = torch.randint(0, 1000, (64,))
+    xt, target = d.noise(x0, eps, t)
+    torch.testing.assert_close(xt, sched.add_noise(x0, eps, t), rtol=1e-6, atol=1e-6)
+    assert torch.equal(target, eps)
+
+
+def test_flow_noise_and_velocity():
+    d = Diffusion("flow")
+    x0, eps = torch.randn(8, 4), torch.randn(8, 4)
+    t = torch.rand(8)
+    xt, v = d.noise(x0, eps, t)
+    torch.testing.assert_close(xt, (1 - t[:, None]) * x0 + t[:, None] * eps)
+    torch.testing.assert_close(v, eps - x0)
+    # integrating the exact velocity from t to 0 returns x0
+    torch.testing.assert_close(xt - t[:, None] * v, x0)
+
+
+def test_timestep_sampling():
+    g = torch.Generator().manual_seed(0)
+    t = Diffusion("ddpm_eps").sample_t(20000, g)
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+    assert abs(t.float().mean().item() - 499.5) < 10
+    f = Diffusion("flow").sample_t(20000, g)
+    assert 0 < f.min() and f.max() < 1
+    assert abs(f.mean().item() - 0.5) < 0.01  # logit-normal(0, 1) is symmetric around 0.5
+    assert abs(torch.logit(f).std().item() - 1.0) < 0.03
+
+
+def make_batch(cfg):
+    rng = np.random.default_rng(0)
+    docs = [
+        Document([Text(ids=[1, 2, 3]), Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), Text(ids=[4, 5])]),
+        Document([Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))]),
+    ]
+    return pack([encode_document(d, cfg.patch_size, cfg.block_spec) for d in docs], cfg.patch_dim)
+
+
+def test_independent_timestep_per_block():
+    cfg = ModelConfig.from_preset("micro")
+    batch = make_batch(cfg)
+    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    lay = batch.layout
+    assert nb.t.shape == (batch.block_label.numel(),) and nb.t.unique().numel() == nb.t.numel()
+    # clean copies keep x0, noisy copies change, and the target is eps - x0 at noisy tokens
+    assert torch.equal(nb.patches[~lay.noisy], batch.patches[~lay.noisy])
+    assert not torch.allclose(nb.patches[lay.noisy], batch.patches[lay.noisy])
+    x0 = batch.patches[lay.noisy]
+    tt = nb.t[lay.block[lay.noisy]][:, None]
+    eps = nb.target + x0
+    torch.testing.assert_close(nb.patches[lay.noisy], (1 - tt) * x0 + tt * eps)
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm_eps"])
+def test_losses_per_modality(kind):
+    cfg = ModelConfig.from_preset("micro", diffusion=kind)
+    model = UnifiedModel(cfg)
+    batch = make_batch(cfg)
+    out = losses(model, batch, Diffusion(kind), torch.Generator().manual_seed(0), text_weight=0.5, image_weight=2.0)
+    assert out["loss"].dtype == torch.float32
+    torch.testing.assert_close(out["loss"].detach(), 0.5 * out["text"] + 2.0 * out["image"])
+    # independent recomputation: text CE over next-token pairs, image MSE of a zero-init head = E[target^2]
+    with torch.no_grad():
+        nb = noise_batch(batch, Diffusion(kind), torch.Generator().manual_seed(0))
+        o = model(batch.tokens, nb.patches, batch.layout, t=nb.t, labels=batch.block_label)
+    pairs = [(0, 2), (1, 3), (3, 5)]  # (row among clean text tokens 1 2 3 4 5, next id): 1->2, 2->3, 4->5
+    ce = np.mean([-torch.log_softmax(o.text_logits[r], -1)[nxt].item() for r, nxt in pairs])
+    assert abs(out["text"].item() - ce) < 1e-5
+    assert abs(out["image"].item() - nb.target.pow(2).mean().item()) < 1e-5
+    out["loss"].backward()
+    assert model.final_layer.linear.weight.grad.abs().sum() > 0
+    assert model.tok_embedder.weight.grad.abs().sum() > 0
+
+
+def test_losses_without_text_targets_are_finite():
+    cfg = ModelConfig.from_preset("micro")
+    model = UnifiedModel(cfg)
+    rng = np.random.default_rng(0)
+    batch = pack(
+        [encode_document(Document([Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))]), 2, cfg.block_spec)],
+        cfg.patch_dim,
+    )
+    out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    assert out["text"].item() == 0.0 and torch.isfinite(out["loss"])
+
+
+def test_bf16_autocast_keeps_losses_fp32():
+    cfg = ModelConfig.from_preset("micro")
+    model = UnifiedModel(cfg)
+    batch = make_batch(cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,149 @@
+"""The incremental KV-cached forward, fed documents unit by unit, equals the full training forward."""
+
+import numpy as np
+import pytest
+import torch
+
+from unimodal import Document, Image, ModelConfig, Text, UnifiedModel
+from unimodal.diffusion import Diffusion, noise_batch
+from unimodal.layout import PAD, TEXT, Layout, encode_document, pack
+
+
+def random_model(cfg: ModelConfig) -> UnifiedModel:
+    """Random weights everywhere: the default zero-init would leave AdaLN and the heads trivial."""
+    model = UnifiedModel(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def image(seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def schedule(lay: Layout, row: int) -> list[tuple[list[int], list[bool]]]:
+    """The generation order of one row: (token indices, commit flags) per step.
+
+    Text token: one step, committed. Visual block k: a denoising step on its noisy copy; the clean
+    block is then committed fused with the next block's first step, or alone before text/the end.
+    """
+    doc, unit, noisy, mod = lay.doc[row], lay.unit[row], lay.noisy[row], lay.modality[row]
+    units = sorted({int(u) for u, d in zip(unit, doc, strict=True) if d >= 0})
+    toks = {u: [i for i in range(len(unit)) if doc[i] >= 0 and unit[i] == u] for u in units}
+    steps, pending = [], []  # pending: clean tokens of the previous block, not yet committed
+    for u in units:
+        ids = toks[u]
+        if mod[ids[0]] == TEXT:
+            if pending:
+                steps.append((pending, [True] * len(pending)))
+                pending = []
+            steps.append((ids, [True]))
+            continue
+        clean = [i for i in ids if not noisy[i]]
+        noisy_ids = [i for i in ids if noisy[i]]
+        steps.append((pending + noisy_ids, [True] * len(pending) + [False] * len(noisy_ids)))
+        pending = clean
+    if pending:
+        steps.append((pending, [True] * len(pending)))
+    return steps
+
+
+def step_layout(lay: Layout, rows: list[tuple[list[int], list[bool]] | None]):
+    """Gather one step of every row, right-padded with padding tokens; returns (idx, layout, commit)."""
+    n = max(len(r[0]) for r in rows if r is not None)
+    idx = torch.zeros(len(rows), n, dtype=torch.long)
+    real = torch.zeros(len(rows), n, dtype=torch.bool)
+    commit = torch.zeros(len(rows), n, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r is None:
+            continue
+        idx[b, : len(r[0])] = torch.tensor(r[0])
+        real[b, : len(r[0])] = True
+        commit[b, : len(r[1])] = torch.tensor(r[1])
+    sub = lay.index(idx)
+    sub.doc = torch.where(real, sub.doc, -1)
+    sub.noisy = sub.noisy & real
+    sub.modality = torch.where(real, sub.modality, PAD)
+    sub.block = torch.where(real, sub.block, -1)
+    return idx, real, sub, commit
+
+
+def run_and_compare(cfg: ModelConfig, docs: list[Document]):
+    torch.manual_seed(0)
+    model = random_model(cfg)
+    enc = [encode_document(d, cfg.patch_size, cfg.block_spec) for d in docs]
+    batch = pack(enc, cfg.patch_dim)
+    lay = batch.layout
+    nb = noise_batch(batch, Diffusion(cfg.diffusion), torch.Generator().manual_seed(2))
+    labels = batch.block_label
+    with torch.no_grad():
+        full = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels, backend="dense")
+    # map the full forward's outputs back to token positions
+    pred_full = torch.zeros(*lay.shape, cfg.patch_dim)
+    pred_full[lay.noisy] = full.pred
+    text_mask = (lay.modality == TEXT) & ~lay.noisy
+    logits_full = torch.zeros(*lay.shape, cfg.vocab_size)
+    if cfg.vocab_size:
+        logits_full[text_mask] = full.text_logits
+
+    scheds = [schedule(lay, r) for r in range(lay.shape[0])]
+    cache = model.new_cache(lay.shape[0], max_len=lay.shape[1])
+    n_steps = max(len(s) for s in scheds)
+    checked_pred = checked_text = 0
+    for s in range(n_steps):
+        rows = [sc[s] if s < len(sc) else None for sc in scheds]
+        idx, real, sub, commit = step_layout(lay, rows)
+        tokens = batch.tokens.gather(1, idx)
+        patches = nb.patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, cfg.patch_dim))
+        with torch.no_grad():
+            out = model(tokens, patches, sub, t=nb.t, labels=labels, cache=cache, commit=commit)
+        if out.pred is not None:
+            expect = pred_full.gather(1, idx.unsqueeze(-1).expand(-1, -1, cfg.patch_dim))[sub.noisy]
+            torch.testing.assert_close(out.pred, expect, rtol=1e-5, atol=1e-5 * expect.abs().max().item())
+            checked_pred += out.pred.shape[0]
+        step_text = (sub.modality == TEXT) & ~sub.noisy
+        if step_text.any():
+            expect = logits_full.gather(1, idx.unsqueeze(-1).expand(-1, -1, cfg.vocab_size))[step_text]
+            torch.testing.assert_close(out.text_logits, expect, rtol=1e-5, atol=1e-5 * expect.abs().max().item())
+            checked_text += expect.shape[0]
+    # every noisy token and every text token of the batch was checked, and everything clean is cached
+    assert checked_pred == int(lay.noisy.sum())
+    assert checked_text == int(text_mask.sum())
+    assert cache.length.tolist() == [int(((lay.doc[r] >= 0) & ~lay.noisy[r]).sum()) for r in range(lay.shape[0])]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4], ids=["1-patch", "few", "whole-image"])
+def test_cached_equals_full_forward(block_size):
+    """Text -> image -> text and image -> text documents of different lengths, batched."""
+    cfg = ModelConfig.from_preset("micro", block_size=block_size, num_classes=0)
+    docs = [
+        Document([Text(ids=[1, 2, 3]), Image(image(0, 8)), Text(ids=[4, 5])]),
+        Document([Image(image(1, 8)), Text(ids=[7, 8, 9, 10, 11])]),
+        Document([Text(ids=[3]), Image(image(2, 8)), Image(image(3, 8)), Text(ids=[6])]),
+    ]
+    run_and_compare(cfg, docs)
+
+
+def test_cached_equals_full_forward_class_conditional_video():
+    """Class labels through AdaLN, a clip cut into blocks of whole frames, no text at all."""
+    cfg = ModelConfig.from_preset(
+        "micro", vocab_size=0, num_classes=5, frames=4, block_kind="frames", block_size=2, diffusion="ddpm_eps"
+    )
+    clip = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    docs = [Document([Image(clip)], label=3), Document([Image(clip[::-1].copy())], label=1)]
+    run_and_compare(cfg, docs)
+
+
+def test_cache_refuses_noisy_commit_and_overflow():
+    cfg = ModelConfig.from_preset("micro")
+    model = random_model(cfg)
+    batch = pack([encode_document(Document([Image(image(0, 8))]), 2, cfg.block_spec)], cfg.patch_dim)
+    lay = batch.layout
+    cache = model.new_cache(1, max_len=2)
+    t = torch.zeros(batch.block_label.numel())
+    with pytest.raises(ValueError, match="only clean tokens"):
+        model(batch.tokens, batch.patches, lay, t=t, cache=cache, commit=lay.noisy.clone())
+    with pytest.raises(RuntimeError, match="KV cache full"):
+        model(batch.tokens, batch.patches, lay, t=t, cache=cache, commit=~lay.noisy)

@@ -77,10 +77,15 @@ Segment = Text | Image
 
 @dataclass
 class Document:
-    """An ordered list of `Text` and `Image` segments with an optional class label."""
+    """An ordered list of `Text` and `Image` segments with an optional class label.
+
+    `meta` carries what a dataset knows about the document (e.g. the objects of a built-in scene,
+    the source record) for evaluation and error messages; the model never reads it.
+    """
 
     segments: list[Segment] = field(default_factory=list)
     label: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i, s in enumerate(self.segments):

@@ -1,0 +1,1 @@
+"""Evaluation: judges that read generated images back, and metrics."""

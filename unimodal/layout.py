@@ -177,12 +177,14 @@ def pack(
     row_len: int | None = None,
     pad_multiple: int = 1,
     with_noisy: bool = True,
+    pad_to: int | None = None,
 ) -> Batch:
     """Pack documents into rows, first fit in the given order.
 
-    With `row_len=None` each document gets its own row and rows are padded to the longest, rounded
-    up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than `row_len` is an
-    error naming it.
+    With `row_len=None` each document gets its own row; otherwise documents share rows of
+    `row_len` tokens. Rows are padded to the longest row, or to `pad_to` (a sequence-length bucket),
+    rounded up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than
+    `row_len`, or rows longer than `pad_to`, are errors naming the length.
     """
     flat = [_doc_tokens(d, with_noisy) for d in docs]
     lengths = [len(f["unit"]) for f in flat]
@@ -202,6 +204,10 @@ def pack(
             else:
                 rows.append([i])
                 fill.append(n)
+    if pad_to is not None:
+        if pad_to < row_len:
+            raise ValueError(f"rows need {row_len} tokens, more than pad_to={pad_to}")
+        row_len = pad_to
     L = -(-row_len // pad_multiple) * pad_multiple
     R = len(rows)
     doc_t = torch.full((R, L), -1, dtype=torch.long)

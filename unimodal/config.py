@@ -72,7 +72,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not self.rope_sections:
             self.rope_sections = list(default_sections(self.head_dim))
-        if len(self.rope_sections) != 3 or sum(self.rope_sections) != self.head_dim:
+        sections = self.rope_sections
+        if len(sections) != 3 or sum(sections) != self.head_dim or any(s < 0 or s % 2 for s in sections):
             raise ValueError(
                 f"ModelConfig.rope_sections must be 3 even sizes summing to head_dim {self.head_dim}, "
                 f"got {self.rope_sections}"

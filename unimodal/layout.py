@@ -109,8 +109,8 @@ class Batch:
     tokens, both copies (0 elsewhere; the diffusion module noises the noisy copies).
     text_targets: (R, L) next text id at clean text tokens whose next unit is text, else IGNORE.
     block_label: (NB,) class label of each visual block's document (-1: none).
-    block_doc: (NB,) document id of each block. segments: per document, (row, visual segment
-    grids and their first block index), to reassemble images.
+    block_doc: (NB,) document id of each block. images: one (document id, first block index,
+    patch grid) per visual segment, in order, to reassemble images from their blocks.
     """
 
     layout: Layout
@@ -182,7 +182,8 @@ def pack(
     """Pack documents into rows, first fit in the given order.
 
     With `row_len=None` each document gets its own row; otherwise documents share rows of
-    `row_len` tokens. Rows are padded to the longest row, or to `pad_to` (a sequence-length bucket),
+    `row_len` tokens. Rows are padded to the longest document (or to `row_len` when packing), or to
+    `pad_to` (a sequence-length bucket),
     rounded up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than
     `row_len`, or rows longer than `pad_to`, are errors naming the length.
     """

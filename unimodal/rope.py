@@ -48,8 +48,8 @@ class RopeND(nn.Module):
         mode: RopeMode = "axial",
     ) -> None:
         super().__init__()
-        if sum(sections) != head_dim or any(s % 2 for s in sections):
-            raise ValueError(f"rope sections {sections} must be even and sum to head_dim {head_dim}")
+        if sum(sections) != head_dim or any(s < 0 or s % 2 for s in sections):
+            raise ValueError(f"rope sections {sections} must be even, non-negative and sum to head_dim {head_dim}")
         if mode not in ("axial", "official"):
             raise ValueError(f"rope mode must be 'axial' or 'official', got {mode!r}")
         thetas = (theta,) * 3 if isinstance(theta, (int, float)) else tuple(theta)

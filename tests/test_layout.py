@@ -1,0 +1,387 @@
+"""The packed layout (`pack`) and ModelConfig validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unimodal import Document, Image, ModelConfig, Text
+from unimodal.config import PRESETS
+from unimodal.layout import IGNORE, PAD, TEXT, VISUAL, EncodedDoc, VisualSegment, encode_document, pack
+from unimodal.patches import BlockSpec, from_blocks, to_blocks
+
+
+def _seg(t: int, h: int, w: int, spec: BlockSpec, c: int = 2, patch: int = 1, seed: int = 0) -> VisualSegment:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, c, h, w, generator=g)
+    tokens, pos = to_blocks(x, patch, spec)
+    return VisualSegment(tokens, pos, (t, h // patch, w // patch))
+
+
+def _image(seg: VisualSegment, spec: BlockSpec, patch: int = 1) -> torch.Tensor:
+    return from_blocks(seg.tokens, seg.grid, patch, spec)
+
+
+TILE2 = BlockSpec("tiles", 2)
+
+
+def _text_image_text() -> tuple[EncodedDoc, VisualSegment]:
+    """[text 11 12 13] [image 4x4, 2x2 tiles -> 4 blocks of 4] [text 21 22]."""
+    seg = _seg(1, 4, 4, TILE2)
+    return EncodedDoc([[11, 12, 13], seg, [21, 22]]), seg
+
+
+# ---------------------------------------------------------------------------------------------
+# units, noisy copies, blocks
+
+
+def test_unit_numbering_and_streams_text_image_text():
+    doc, _ = _text_image_text()
+    b = pack([doc], patch_dim=2)
+    lay = b.layout
+    n = 3 + 4 * 2 * 4 + 2
+    assert lay.shape == (1, n)
+    expected_unit = [0, 1, 2]
+    expected_noisy = [False] * 3
+    for j in range(4):
+        expected_unit += [3 + j] * 8
+        expected_noisy += [False] * 4 + [True] * 4  # clean copy, then the noisy copy right after
+    expected_unit += [7, 8]
+    expected_noisy += [False, False]
+    assert lay.unit[0].tolist() == expected_unit
+    assert lay.noisy[0].tolist() == expected_noisy
+    assert lay.modality[0].tolist() == [TEXT] * 3 + [VISUAL] * 32 + [TEXT] * 2
+    assert lay.doc[0].tolist() == [0] * n
+    assert lay.block[0].tolist() == [-1] * 3 + [j for j in range(4) for _ in range(8)] + [-1] * 2
+    assert b.tokens[0].tolist() == [11, 12, 13] + [0] * 32 + [21, 22]
+
+
+def test_unit_numbering_restarts_per_document_in_a_packed_row():
+    doc_a = EncodedDoc([[1, 2], _seg(1, 2, 2, BlockSpec("tiles", 1))])  # 2 text + 4 blocks of 1
+    doc_b = EncodedDoc([[5, 6, 7]])
+    b = pack([doc_a, doc_b], patch_dim=2, row_len=32)
+    lay = b.layout
+    assert lay.shape[0] == 1
+    na = 2 + 4 * 2
+    assert lay.doc[0, :na].tolist() == [0] * na
+    assert lay.unit[0, :na].tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert lay.doc[0, na : na + 3].tolist() == [1, 1, 1]
+    assert lay.unit[0, na : na + 3].tolist() == [0, 1, 2]
+
+
+def test_without_noisy_copies():
+    doc, _ = _text_image_text()
+    b = pack([doc], patch_dim=2, with_noisy=False)
+    lay = b.layout
+    assert lay.shape == (1, 3 + 16 + 2)
+    assert not lay.noisy.any()
+    assert lay.unit[0].tolist() == [0, 1, 2] + [3 + j for j in range(4) for _ in range(4)] + [7, 8]
+
+
+def test_noisy_copies_share_positions_blocks_and_clean_patches():
+    doc, seg = _text_image_text()
+    b = pack([doc], patch_dim=2)
+    lay = b.layout
+    for j in range(4):
+        clean = (lay.unit[0] == 3 + j) & ~lay.noisy[0]
+        noisy = (lay.unit[0] == 3 + j) & lay.noisy[0]
+        assert clean.sum() == 4 and noisy.sum() == 4
+        assert torch.equal(lay.pos[0][clean], lay.pos[0][noisy])
+        assert lay.block[0][clean].tolist() == [j] * 4
+        assert lay.block[0][noisy].tolist() == [j] * 4
+        # the clean x0 of block j sits at both copies (the diffusion module noises the noisy one)
+        assert torch.equal(b.patches[0][clean], seg.tokens[j])
+        assert torch.equal(b.patches[0][noisy], seg.tokens[j])
+    assert torch.equal(b.patches[0][lay.modality[0] == TEXT], torch.zeros(5, 2))
+
+
+def test_patches_reassemble_to_the_image():
+    """Taking the clean patches by block id and undoing the blocks gives back the input image."""
+    g = torch.Generator().manual_seed(4)
+    x1 = torch.randn(1, 3, 8, 8, generator=g)
+    x2 = torch.randn(1, 3, 4, 8, generator=g)
+    docs = [
+        encode_document(Document([Text(ids=[1, 2]), Image(x1, latent=True)]), 2, TILE2),
+        encode_document(Document([Image(x2, latent=True), Text(ids=[3])]), 2, BlockSpec("tiles", 1)),
+    ]
+    b = pack(docs, patch_dim=12, row_len=128)
+    lay = b.layout
+    assert b.images == [(0, 0, (1, 4, 4)), (1, 4, (1, 2, 4))]
+    for (d, first, grid), x, spec in zip(b.images, (x1, x2), (TILE2, BlockSpec("tiles", 1)), strict=True):
+        n = spec.num_blocks(grid)
+        blocks = []
+        for k in range(first, first + n):
+            sel = (lay.block == k) & ~lay.noisy
+            assert (lay.doc[sel] == d).all()
+            blocks.append(b.patches[sel])
+        assert torch.equal(from_blocks(torch.stack(blocks), grid, 2, spec), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# positions (M-RoPE)
+
+
+def test_mrope_positions_text_image_text():
+    doc, seg = _text_image_text()
+    lay = pack([doc], patch_dim=2).layout
+    pos = lay.pos[0]
+    # text: the same index on all 3 axes, increasing
+    assert pos[:3].tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+    # image tokens: local (t, h, w) offset by the running index (3)
+    vis = lay.modality[0] == VISUAL
+    clean = vis & ~lay.noisy[0]
+    assert torch.equal(pos[clean], seg.pos.reshape(-1, 3) + 3)
+    assert pos[clean][:4].tolist() == [[3, 3, 3], [3, 3, 4], [3, 4, 3], [3, 4, 4]]
+    # text after the image continues at offset + max(grid) = 3 + 4
+    assert pos[-2:].tolist() == [[7, 7, 7], [8, 8, 8]]
+    # all image positions are strictly before the next text index on every axis
+    assert (pos[vis] < 7).all()
+
+
+def test_mrope_positions_non_square_image_and_video():
+    seg_img = _seg(1, 2, 6, TILE2)  # grid (1, 2, 6): max 6
+    seg_vid = _seg(3, 2, 2, BlockSpec("frames", 1))  # grid (3, 2, 2): max 3
+    doc = EncodedDoc([seg_img, [9], seg_vid, [8, 7]])
+    lay = pack([doc], patch_dim=2).layout
+    pos, mod, noisy = lay.pos[0], lay.modality[0], lay.noisy[0]
+    n_img = 12 * 2
+    assert torch.equal(pos[:n_img][~noisy[:n_img]], seg_img.pos.reshape(-1, 3))  # offset 0
+    assert pos[n_img].tolist() == [6, 6, 6]  # text after the image: 0 + max(1, 2, 6)
+    vid = slice(n_img + 1, n_img + 1 + 12 * 2)
+    assert (mod[vid] == VISUAL).all()
+    assert torch.equal(pos[vid][~noisy[vid]], seg_vid.pos.reshape(-1, 3) + 7)
+    assert pos[vid][~noisy[vid]][-1].tolist() == [7 + 2, 7 + 1, 7 + 1]
+    assert pos[-2:].tolist() == [[10, 10, 10], [11, 11, 11]]  # 7 + max(3, 2, 2)
+
+
+def test_positions_restart_per_document():
+    doc, _ = _text_image_text()
+    lay = pack([EncodedDoc([[1, 2, 3, 4]]), doc], patch_dim=2, row_len=64).layout
+    assert lay.doc[0, :4].tolist() == [0] * 4
+    assert lay.pos[0, 4:7].tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+
+
+# ---------------------------------------------------------------------------------------------
+# text targets
+
+
+def test_text_targets_next_text_only():
+    doc, _ = _text_image_text()
+    b = pack([doc], patch_dim=2)
+    expected = [12, 13, IGNORE] + [IGNORE] * 32 + [22, IGNORE]
+    assert b.text_targets[0].tolist() == expected
+
+
+def test_text_targets_never_cross_documents():
+    docs = [EncodedDoc([[1, 2, 3]]), EncodedDoc([[4, 5]]), EncodedDoc([[6], _seg(1, 2, 2, BlockSpec("tiles", 2))])]
+    b = pack(docs, patch_dim=2, row_len=20, pad_multiple=8)
+    r, n = b.layout.shape
+    assert r == 1 and n % 8 == 0 and n >= 3 + 2 + 1 + 8
+    assert b.layout.doc[0, :14].tolist() == [0] * 3 + [1] * 2 + [2] * 9
+    tgt = b.text_targets[0].tolist()
+    assert tgt[:5] == [2, 3, IGNORE, 5, IGNORE]
+    assert tgt[5:] == [IGNORE] * (n - 5)  # doc 2: its only text token is followed by an image; then padding
+
+
+# ---------------------------------------------------------------------------------------------
+# padding and packing
+
+
+def test_pad_multiple_padding_fields():
+    doc, _ = _text_image_text()  # 37 tokens
+    short = EncodedDoc([[4, 5, 6]])
+    b = pack([doc, short], patch_dim=2, pad_multiple=16)
+    lay = b.layout
+    assert lay.shape == (2, 48)
+    real = torch.zeros(2, 48, dtype=torch.bool)
+    real[0, :37] = True
+    real[1, :3] = True
+    pad = ~real
+    assert (lay.doc[pad] == -1).all() and (lay.doc[real] >= 0).all()
+    assert (lay.modality[pad] == PAD).all()
+    assert (lay.block[pad] == -1).all()
+    assert not lay.noisy[pad].any()
+    assert (b.tokens[pad] == 0).all()
+    assert (b.text_targets[pad] == IGNORE).all()
+    assert (b.patches[pad] == 0).all()
+    assert lay.doc[1, :3].tolist() == [1, 1, 1]
+
+
+def test_pad_to_bucket():
+    doc, _ = _text_image_text()  # 37 tokens
+    b = pack([doc, EncodedDoc([[1, 2]])], patch_dim=2, pad_to=64)
+    assert b.layout.shape == (2, 64)
+    assert (b.layout.doc[0, 37:] == -1).all() and (b.layout.doc[1, 2:] == -1).all()
+    assert pack([doc], patch_dim=2, pad_to=40, pad_multiple=16).layout.shape == (1, 48)
+    with pytest.raises(ValueError, match="pad_to=36"):
+        pack([doc], patch_dim=2, pad_to=36)
+
+
+def test_no_padding_by_default():
+    doc, _ = _text_image_text()
+    b = pack([doc, EncodedDoc([[1]])], patch_dim=2)
+    assert b.layout.shape == (2, 37)
+    assert (b.layout.doc[0] == 0).all()
+
+
+def test_row_len_first_fit_packing():
+    lens = [5, 8, 3, 4, 2]
+    docs = [EncodedDoc([list(range(100 * i, 100 * i + n))]) for i, n in enumerate(lens)]
+    b = pack(docs, patch_dim=1, row_len=10, pad_multiple=4)
+    lay = b.layout
+    # first fit in order: row0 <- 0 (5), row1 <- 1 (8), row0 <- 2 (5+3=8), row2 <- 3 (fits neither), row0 <- 4 (8+2)
+    assert lay.shape == (3, 12)
+    assert lay.doc[0].tolist() == [0] * 5 + [2] * 3 + [4] * 2 + [-1] * 2
+    assert lay.doc[1].tolist() == [1] * 8 + [-1] * 4
+    assert lay.doc[2].tolist() == [3] * 4 + [-1] * 8
+    assert b.tokens[0, 5:8].tolist() == [200, 201, 202]
+
+
+def test_row_len_too_long_document_is_an_error_naming_it():
+    docs = [EncodedDoc([[1] * 4]), EncodedDoc([[1] * 11]), EncodedDoc([[1] * 2])]
+    with pytest.raises(ValueError, match=r"document 1 has 11 tokens.*row_len=10"):
+        pack(docs, patch_dim=1, row_len=10)
+
+
+def test_wrong_patch_dim_is_an_error():
+    doc, _ = _text_image_text()
+    with pytest.raises(ValueError, match="patch features have size 2, expected 3"):
+        pack([doc], patch_dim=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# block table
+
+
+def test_block_label_and_block_doc():
+    docs = [
+        EncodedDoc([_seg(1, 4, 4, TILE2)], label=7),  # 4 blocks
+        EncodedDoc([[1, 2]]),  # no blocks
+        EncodedDoc([_seg(1, 2, 2, BlockSpec("tiles", 1)), [3], _seg(1, 2, 2, TILE2)]),  # 4 + 1 blocks, no label
+        EncodedDoc([_seg(1, 2, 4, TILE2)], label=0),  # 2 blocks
+    ]
+    b = pack(docs, patch_dim=2, row_len=64)
+    assert b.block_label.tolist() == [7] * 4 + [-1] * 5 + [0] * 2
+    assert b.block_doc.tolist() == [0] * 4 + [2] * 5 + [3] * 2
+    lay = b.layout
+    # every block id points to tokens of its own document, 2 * B tokens each (clean + noisy)
+    for k, d in enumerate(b.block_doc.tolist()):
+        sel = lay.block == k
+        assert (lay.doc[sel] == d).all()
+        assert sel.sum() % 2 == 0 and (lay.noisy[sel].sum() * 2 == sel.sum())
+    assert b.images == [(0, 0, (1, 4, 4)), (2, 4, (1, 2, 2)), (2, 8, (1, 2, 2)), (3, 9, (1, 2, 4))]
+
+
+def test_encode_document_from_pixels():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    doc = encode_document(Document([Text(ids=[5, 6]), Image(arr), Text(ids=[7])], label=3), 2, TILE2)
+    assert doc.label == 3
+    assert doc.segments[0] == [5, 6] and doc.segments[2] == [7]
+    seg = doc.segments[1]
+    assert isinstance(seg, VisualSegment)
+    assert seg.grid == (1, 4, 4)
+    assert seg.tokens.shape == (4, 4, 12)
+    x = torch.as_tensor(arr).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+    assert torch.allclose(from_blocks(seg.tokens, seg.grid, 2, TILE2), x)
+    with pytest.raises(ValueError, match="no ids and no tokenizer"):
+        encode_document(Document([Text("hello")]), 2, TILE2)
+    tok = encode_document(Document([Text("ab")]), 2, TILE2, tokenize=lambda s: [ord(c) for c in s])
+    assert tok.segments == [[97, 98]]
+
+
+def test_layout_index_gathers_every_field():
+    doc, _ = _text_image_text()
+    lay = pack([doc], patch_dim=2).layout
+    idx = torch.tensor([[0, 5, 36]])
+    sub = lay.index(idx)
+    assert sub.shape == (1, 3)
+    assert sub.unit[0].tolist() == [lay.unit[0, i].item() for i in (0, 5, 36)]
+    assert sub.noisy[0].tolist() == [lay.noisy[0, i].item() for i in (0, 5, 36)]
+    assert torch.equal(sub.pos[0], lay.pos[0, [0, 5, 36]])
+    assert sub.block[0].tolist() == [-1, 0, -1]
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelConfig validation
+
+
+def test_config_from_dict_unknown_key_names_it():
+    with pytest.raises(KeyError, match="hiden_dim"):
+        ModelConfig.from_dict({"dim": 64, "hiden_dim": 3})
+    with pytest.raises(KeyError, match="my.json"):
+        ModelConfig.from_dict({"nope": 1}, source="my.json")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("dim", "256"),
+        ("dim", 256.0),
+        ("depth", True),
+        ("qkv_bias", 1),
+        ("mlp_ratio", "4"),
+        ("mlp", 3),
+        ("vocab_size", None),
+        ("rope_sections", "16,24,24"),
+        ("rope_sections", [16.0, 24, 24]),
+        ("rope_theta", ["a", 1.0, 1.0]),
+    ],
+)
+def test_config_ill_typed_value_names_the_field(key, value):
+    with pytest.raises(TypeError, match=rf"ModelConfig\.{key}\b"):
+        ModelConfig.from_dict({key: value})
+
+
+def test_config_int_for_float_is_accepted_and_converted():
+    cfg = ModelConfig(mlp_ratio=4, rope_theta=[100, 100, 100])
+    assert isinstance(cfg.mlp_ratio, float) and cfg.mlp_ratio == 4.0
+    assert all(isinstance(v, float) for v in cfg.rope_theta)
+    cfg = ModelConfig.from_dict({"rope_sections": (16, 24, 24), "dim": 128, "heads": 2})
+    assert cfg.rope_sections == [16, 24, 24]
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("mlp", "relu"),
+        ("diffusion", "score"),
+        ("attention", "sdpa"),
+        ("rope", "yarn"),
+        ("block_kind", "squares"),
+        ("depth", 0),
+        ("heads", 3),  # 256 % 3 != 0
+        ("rope_sections", [16, 16, 16]),  # does not sum to head_dim 64
+        ("rope_theta", [1.0, 2.0]),
+        ("patch_size", 3),  # does not divide image_size 16
+        ("block_size", 3),  # tiles of 3 do not divide the 8x8 patch grid
+    ],
+)
+def test_config_bad_choice_is_value_error_naming_the_field(key, value):
+    with pytest.raises(ValueError, match=key if key != "block_size" else "tiles of 3x3"):
+        ModelConfig.from_dict({key: value})
+
+
+@pytest.mark.parametrize("sections", [[15, 25, 24], [-2, 34, 32]])
+def test_config_odd_or_negative_rope_sections_rejected_at_construction(sections):
+    """The config's own message promises '3 even sizes'; they must not get past the config to the model."""
+    with pytest.raises(ValueError, match="rope_sections"):
+        ModelConfig(dim=128, heads=2, rope_sections=sections)
+
+
+def test_config_presets_and_round_trip(tmp_path):
+    with pytest.raises(KeyError, match="acdit-xxl"):
+        ModelConfig.from_preset("acdit-xxl")
+    for name in PRESETS:
+        cfg = ModelConfig.from_preset(name)
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    xl = ModelConfig.from_preset("acdit-xl")
+    assert (xl.dim, xl.depth, xl.heads, xl.head_dim) == (1152, 28, 18, 64)
+    assert xl.rope_sections == [16, 24, 24]
+    assert ModelConfig.from_preset("micro", depth=3).depth == 3
+    with pytest.raises(KeyError, match="bogus"):
+        ModelConfig.from_preset("micro", bogus=1)
+    p = tmp_path / "c.json"
+    xl.save(p)
+    assert ModelConfig.load(p) == xl

@@ -378,7 +378,7 @@ def test_config_presets_and_round_trip(tmp_path):
         assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     xl = ModelConfig.from_preset("acdit-xl")
     assert (xl.dim, xl.depth, xl.heads, xl.head_dim) == (1152, 28, 18, 64)
-    assert xl.rope_sections == [16, 24, 24]
+    assert xl.rope_sections == [0, 32, 32] and xl.rope_theta == [10000.0, 100.0, 100.0]  # the paper's 2-D split
     assert ModelConfig.from_preset("micro", depth=3).depth == 3
     with pytest.raises(KeyError, match="bogus"):
         ModelConfig.from_preset("micro", bogus=1)

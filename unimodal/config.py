@@ -179,6 +179,10 @@ def _acdit(depth: int, dim: int, heads: int) -> dict[str, Any]:
         block_kind="tiles",
         block_size=16,
         diffusion="ddpm_eps",
+        # images only: the paper's 2-D split (h, w) = (32, 32) with its per-axis base for a
+        # 32-wide grid (100), as proper axial RoPE; a t section would stay at position 0.
+        rope_sections=[0, 32, 32],
+        rope_theta=[10000.0, 100.0, 100.0],
     )
 
 

@@ -250,7 +250,7 @@ class UnifiedModel(nn.Module):
             plan = AttentionPlan(q_fields, k_fields, "dense" if backend is None else backend)
             cache.begin_commit(layout, commit if commit is not None else torch.zeros_like(noisy))
         else:
-            name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device)
+            name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device, x.requires_grad)
             plan = AttentionPlan(q_fields, q_fields, name)
         tables = self.rope.tables(layout.pos)
         for i, blk in enumerate(self.blocks):

@@ -59,15 +59,16 @@ def xformers_available() -> bool:
     return True
 
 
-def resolve_backend(name: str, length: int, device: torch.device) -> str:
-    """`auto`: FlexAttention on CUDA and for long CPU rows (>= 2048 tokens), dense SDPA otherwise."""
+def resolve_backend(name: str, length: int, device: torch.device, needs_grad: bool = False) -> str:
+    """`auto`: FlexAttention on CUDA, and on CPU for long rows (>= 2048 tokens) without gradients
+    (torch's FlexAttention has no CPU backward); dense SDPA otherwise."""
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"attention backend must be one of {('auto',) + BACKENDS}, got {name!r}")
         if name == "xformers" and not xformers_available():
             raise RuntimeError("attention backend 'xformers' needs CUDA and the xformers package")
         return name
-    if device.type == "cuda" or length >= 2048:
+    if device.type == "cuda" or (length >= 2048 and not needs_grad):
         return "flex"
     return "dense"
 
@@ -107,6 +108,10 @@ class AttentionPlan:
         if self.backend == "dense":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
         if self.backend == "flex":
+            if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+                raise RuntimeError(
+                    "FlexAttention has no backward on CPU in this torch; train with attention='dense' or 'auto'"
+                )
             return _compiled_flex()(q, k, v, block_mask=self.mask)
         import xformers.ops as xops
 

@@ -4,6 +4,7 @@
     unimodal show layout [options]         the packed layout of an example document, token by token
     unimodal show mask [options]           the attention rule on that document, as a unit/stream picture
     unimodal show model [--preset NAME]    the module tree with parameter counts per component
+    unimodal tokenizer train --config YAML train a SentencePiece tokenizer from a spec in tokenizers_cfg/
 
 `main(argv)` returns the exit status, so the commands can be run in-process (tests do).
 """
@@ -71,6 +72,17 @@ def cmd_model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     from .describe import model_summary
 
     return model_summary(_config(args, parser), args.preset)
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    from .tokenizer import TokenizerError, train_from_config
+
+    try:
+        tok = train_from_config(args.config, log=print)
+    except (TokenizerError, FileNotFoundError) as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+    return f"{tok!r}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(embedders, blocks, heads), built on the meta device.",
     )
     sp.set_defaults(func=cmd_model, parser=sp)
+
+    tok = sub.add_parser("tokenizer", help="train tokenizers", description="Tokenizers (specs in tokenizers_cfg/).")
+    tok_sub = tok.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sp = tok_sub.add_parser(
+        "train",
+        help="train a SentencePiece tokenizer from a YAML spec",
+        description="Read the spec (algorithm, vocabulary size, normalisation, special tokens, corpus: a text "
+        "file, a datasets column or a built-in dataset's captions), train deterministically and save the "
+        "tokenizer to the spec's output folder.",
+    )
+    sp.add_argument("--config", required=True, metavar="YAML", help="tokenizer spec, e.g. tokenizers_cfg/shapes.yaml")
+    sp.set_defaults(func=cmd_tokenizer_train, parser=sp)
     return p
 
 

@@ -274,6 +274,19 @@ class UnifiedModel(nn.Module):
         w = self.tok_embedder.weight if self.text_head is None else self.text_head.weight
         return F.linear(h, w.to(h.dtype))
 
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write model.safetensors, config.json and the tokenizer to `directory` (see unimodal.hub)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory, allow_pickle: bool = False, device="cpu") -> UnifiedModel:
+        """The model saved in `directory` (its tokenizer: `unimodal.hub.load_pretrained`)."""
+        from .hub import load_pretrained
+
+        return load_pretrained(directory, allow_pickle, device)[0]
+
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for `batch` rows of up to `max_len` clean tokens."""
         p = self.x_embedder.weight

@@ -59,12 +59,12 @@ class RopeND(nn.Module):
             if d == 0:
                 continue
             if mode == "axial":
-                f = th ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+                f = th ** (-torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d)
                 half = d // 2
                 perm += [offset + half + i for i in range(half)] + [offset + i for i in range(half)]
                 sign += [-1.0] * half + [1.0] * half
             else:
-                f = 1.0 / th ** (torch.linspace(0, head_dim, d // 2, dtype=torch.float64) / head_dim)
+                f = 1.0 / th ** (torch.linspace(0, head_dim, d // 2, dtype=torch.float64, device="cpu") / head_dim)
             freqs.append(torch.cat([f, f]))
             axis += [a] * d
             offset += d
@@ -73,10 +73,13 @@ class RopeND(nn.Module):
             perm = [half + i for i in range(half)] + [i for i in range(half)]
             sign = [-1.0] * half + [1.0] * half
         self.mode = mode
-        self.register_buffer("freqs", torch.cat(freqs).float(), persistent=False)
-        self.register_buffer("axis", torch.tensor(axis), persistent=False)
-        self.register_buffer("perm", torch.tensor(perm), persistent=False)
-        self.register_buffer("sign", torch.tensor(sign), persistent=False)
+        # Tables are derived, not learned: built on the CPU even when the model is built on the meta
+        # device (loading), and moved with the model.
+        cpu = torch.device("cpu")
+        self.register_buffer("freqs", torch.cat(freqs).to(cpu, torch.float32), persistent=False)
+        self.register_buffer("axis", torch.tensor(axis, device=cpu), persistent=False)
+        self.register_buffer("perm", torch.tensor(perm, device=cpu), persistent=False)
+        self.register_buffer("sign", torch.tensor(sign, device=cpu), persistent=False)
 
     def tables(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables (..., L, 1, head_dim) in float32 for positions (..., L, 3)."""

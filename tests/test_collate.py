@@ -1,0 +1,170 @@
+"""Collation: documents -> batches -> documents, order mixing, prompt dropout, buckets, bad records."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unimodal import Document, Image, ModelConfig, Text
+from unimodal.data import load_builtin
+from unimodal.data.collate import CollateConfig, Collator
+from unimodal.data.errors import BadRecord
+from unimodal.layout import IGNORE, TEXT
+from unimodal.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.load(ROOT / "tokenizers_cfg" / "shapes")
+
+
+def cfg16():
+    return ModelConfig.from_preset("micro", image_size=16, patch_size=2, block_size=4, vocab_size=512)
+
+
+def clean_tokens(batch, row=0):
+    lay = batch.layout
+    keep = (lay.doc[row] >= 0) & ~lay.noisy[row]
+    return batch.tokens[row][keep], lay.modality[row][keep]
+
+
+def test_round_trip_documents(tok):
+    """document -> batch -> document: text (normalised by the tokenizer) and images exactly."""
+    docs = list(load_builtin("shapes", task="t2i", n=4)) + list(load_builtin("shapes", task="caption", n=2))
+    col = Collator(tok, cfg16())
+    back = col.decode(col(docs))
+    assert len(back) == len(docs)
+    for d, b in zip(docs, back, strict=True):
+        assert [type(s) for s in d.segments] == [type(s) for s in b.segments]
+        for s, r in zip(d.segments, b.segments, strict=True):
+            if isinstance(s, Text):
+                assert r.text == s.text.lower()
+            else:
+                assert np.array_equal(np.asarray(s.data), r.data)
+
+
+def test_special_tokens_and_targets(tok):
+    col = Collator(tok, cfg16())
+    doc = Document([Text("a red circle"), Image(np.zeros((16, 16, 3), np.uint8)), Text("a blue square")])
+    batch = col([doc])
+    ids, mods = clean_tokens(batch)
+    text_ids = ids[mods == TEXT].tolist()
+    cap1, cap2 = tok.encode("a red circle"), tok.encode("a blue square")
+    assert text_ids == [tok.bos_id, *cap1, tok.boi_id, tok.eoi_id, *cap2, tok.eos_id]
+    lay = batch.layout
+    tgt = batch.text_targets[0][(lay.doc[0] >= 0) & ~lay.noisy[0] & (lay.modality[0] == TEXT)].tolist()
+    # bos predicts the caption, the caption predicts <boi>; <boi> is followed by the image: no target;
+    # <eoi> predicts the next caption, which ends with <eos>; <eos> has no target
+    assert tgt == [*cap1, tok.boi_id, IGNORE, *cap2, tok.eos_id, IGNORE]
+
+
+def test_image_first_rate_and_determinism(tok):
+    docs = list(load_builtin("shapes", task="t2i", n=64))
+    col = Collator(tok, cfg16(), CollateConfig(image_first_rate=0.5))
+
+    def first_is_image(batch):
+        out = []
+        for r in range(batch.layout.shape[0]):
+            ids, mods = clean_tokens(batch, r)
+            out.append(int(ids[1]) == tok.boi_id)  # <bos> <boi> ...: the image comes first
+        return out
+
+    a = first_is_image(col(docs, np.random.default_rng(1)))
+    b = first_is_image(col(docs, np.random.default_rng(1)))
+    assert a == b and 16 < sum(a) < 48
+    assert (
+        sum(first_is_image(Collator(tok, cfg16(), CollateConfig(image_first_rate=1.0))(docs, np.random.default_rng(0))))
+        == 64
+    )
+    assert sum(first_is_image(col(docs))) == 0  # no generator: no random choices, documents as given
+
+
+def test_prompt_dropout_uses_the_null_token(tok):
+    docs = list(load_builtin("shapes", task="t2i", n=8))
+    col = Collator(tok, cfg16(), CollateConfig(prompt_dropout=1.0))
+    batch = col(docs, np.random.default_rng(0))
+    for r in range(8):
+        ids, mods = clean_tokens(batch, r)
+        assert ids[mods == TEXT].tolist() == [tok.bos_id, tok.null_id, tok.boi_id, tok.eoi_id, tok.eos_id]
+    assert not (batch.text_targets == tok.null_id).any()
+    # text after the image is not a prompt and is kept
+    cap = Document([Image(np.zeros((16, 16, 3), np.uint8)), Text("a red circle")])
+    ids, mods = clean_tokens(col([cap], np.random.default_rng(0)))
+    assert tok.null_id not in ids.tolist()
+
+
+def test_label_dropout():
+    from unimodal.data.digits import DigitsDataset
+
+    tok = Tokenizer.load(ROOT / "tokenizers_cfg" / "digits")
+    cfg = ModelConfig.from_preset("micro", channels=1, num_classes=10, vocab_size=tok.vocab_size)
+    docs = list(DigitsDataset("test", n=64))
+    keep = Collator(tok, cfg)(docs, np.random.default_rng(0))
+    assert (keep.block_label >= 0).all()
+    half = Collator(tok, cfg, CollateConfig(label_dropout=0.5))(docs, np.random.default_rng(0))
+    dropped = (half.block_label < 0).float().mean().item()
+    assert 0.25 < dropped < 0.75
+    per_doc = {int(d): set(half.block_label[half.block_doc == d].tolist()) for d in half.block_doc.unique()}
+    assert all(len(v) == 1 for v in per_doc.values())  # a document's blocks share its label
+
+
+def test_buckets(tok):
+    docs = list(load_builtin("shapes", task="t2i", n=4))
+    col = Collator(tok, cfg16(), CollateConfig(buckets=[64, 160, 320]))
+    batch = col(docs)
+    longest = max(col.doc_length(col.encode(d)) for d in docs)
+    expected = next(b for b in (64, 160, 320) if longest <= b)
+    assert batch.layout.shape[1] == expected and expected > longest - 1
+    short = Collator(tok, cfg16(), CollateConfig(buckets=[longest, 2 * longest]))
+    assert short(docs).layout.shape[1] == longest
+    with pytest.raises(ValueError, match="increasing"):
+        CollateConfig(buckets=[64, 32])
+
+
+@pytest.mark.parametrize(
+    "doc, field, reason",
+    [
+        (Document([Text(""), Image(np.zeros((16, 16, 3), np.uint8))]), "segments[0].text", "empty text"),
+        (Document([Text("a"), Image(np.full((16, 16, 3), np.nan, np.float32))]), "segments[1].image", "NaN"),
+        (Document([Text("a"), Image(np.zeros((15, 16, 3), np.uint8))]), "segments[1].image", "wrong size"),
+        (Document([Text("a"), Image(np.zeros((16, 16), np.uint8))]), "segments[1].image", "channels"),
+        (Document([Text("a " * 400), Image(np.zeros((16, 16, 3), np.uint8))]), "segments", "longer than the context"),
+    ],
+    ids=["empty-text", "nan", "wrong-size", "grey-for-rgb-model", "too-long"],
+)
+def test_bad_records_raise_or_skip(tok, doc, field, reason):
+    good = list(load_builtin("shapes", task="t2i", n=2))
+    doc.meta.update(dataset="mine", index=7)
+    raising = Collator(tok, cfg16(), CollateConfig(buckets=[320]))
+    with pytest.raises(BadRecord) as e:
+        raising([good[0], doc, good[1]])
+    msg = str(e.value)
+    assert "'mine'" in msg and "record 7" in msg and field in msg and reason in msg
+    skipping = Collator(tok, cfg16(), CollateConfig(buckets=[320], on_bad_record="skip"))
+    batch = skipping([good[0], doc, good[1]])
+    assert batch.layout.shape[0] == 2 and skipping.policy.total == 1
+    assert skipping.decode(batch)[1].segments[0].text == good[1].segments[0].text.lower()
+    with pytest.raises(ValueError, match="every document"):
+        skipping([doc])
+
+
+def test_digits_documents():
+    from unimodal.data.digits import DigitsDataset, split_indices
+
+    train, test = DigitsDataset("train"), DigitsDataset("test")
+    assert (len(train), len(test)) == (1437, 360)
+    assert not set(split_indices("train")) & set(split_indices("test"))
+    d = test[0]
+    assert (
+        d.segments[0].text
+        == f"a handwritten {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'][d.label]}"
+    )
+    img = d.segments[1].data
+    assert img.shape == (8, 8) and img.dtype == np.uint8
+    images, labels = train.arrays()
+    assert len(np.unique(images)) == 17 and sorted(np.unique(labels)) == list(range(10))
+    assert load_builtin("digits", split="test", n=5)[4].meta == DigitsDataset("test")[4].meta
+    with pytest.raises(KeyError, match="unknown built-in"):
+        load_builtin("mnist")

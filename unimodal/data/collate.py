@@ -1,0 +1,204 @@
+"""Collation: documents -> tokenised, patchified, packed batches for the layout, and back.
+
+A document becomes units in this order: ``<bos>`` text... ``<boi>`` [image blocks] ``<eoi>``
+text... ``<eos>``. The model so learns to open an image with ``<boi>`` and to end a document; the
+``<eoi>`` after an image is forced at generation time, never predicted.
+
+Training-time choices live here and are seeded by the generator passed to each call:
+- `image_first_rate`: a (text, image) pair is turned into (image, text), so one model learns
+  text->image and captioning from the same data;
+- `prompt_dropout`: the text before a document's first image is replaced by the null-prompt token
+  (classifier-free guidance in text mode); `label_dropout` does the same to class labels;
+- sequence-length `buckets`: rows are padded to the smallest bucket that fits, so compiled
+  kernels (FlexAttention, torch.compile) see a handful of shapes rather than one per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..documents import Document, Image, Text
+from ..layout import IGNORE, TEXT, Batch, EncodedDoc, VisualSegment, pack
+from ..patches import from_blocks, to_blocks
+from .errors import BAD_ARRAY, EMPTY_TEXT, NON_FINITE, TEXT_TOO_LONG, WRONG_SIZE, BadRecord, RecordPolicy
+
+
+@dataclass
+class CollateConfig:
+    """Collation settings; validated on construction."""
+
+    image_first_rate: float = 0.0
+    prompt_dropout: float = 0.0
+    label_dropout: float = 0.0
+    buckets: list[int] = field(default_factory=list)
+    pack_rows: int | None = None
+    pad_multiple: int = 1
+    on_bad_record: str = "raise"
+
+    def __post_init__(self) -> None:
+        for key in ("image_first_rate", "prompt_dropout", "label_dropout"):
+            v = getattr(self, key)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"CollateConfig.{key} must be in [0, 1], got {v}")
+        if sorted(self.buckets) != list(self.buckets) or any(b < 1 for b in self.buckets):
+            raise ValueError(f"CollateConfig.buckets must be increasing positive lengths, got {self.buckets}")
+        if self.on_bad_record not in ("raise", "skip"):
+            raise ValueError(f"CollateConfig.on_bad_record must be 'raise' or 'skip', got {self.on_bad_record!r}")
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(T, C, H, W) in [-1, 1] -> uint8 (T, H, W, C), or (H, W, C) for a single frame: the inverse
+    of `Image.to_tensor` for pixel images."""
+    a = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return a[0] if a.shape[0] == 1 else a
+
+
+class Collator:
+    """Turns lists of Documents into `Batch`es for a model config and a tokenizer."""
+
+    def __init__(self, tokenizer, model_cfg: ModelConfig, cfg: CollateConfig | None = None, name: str = "data"):
+        self.tok = tokenizer
+        self.model_cfg = model_cfg
+        self.cfg = cfg or CollateConfig()
+        self.policy = RecordPolicy(self.cfg.on_bad_record)
+        self.name = name
+
+    @property
+    def max_len(self) -> int | None:
+        """The context: the largest bucket (or packed row), if any."""
+        return self.cfg.pack_rows or (self.cfg.buckets[-1] if self.cfg.buckets else None)
+
+    def doc_length(self, enc: EncodedDoc) -> int:
+        """Tokens the document takes in a training row (clean and noisy copies)."""
+        n = 0
+        for seg in enc.segments:
+            n += 2 * seg.tokens.shape[0] * seg.tokens.shape[1] if isinstance(seg, VisualSegment) else len(seg)
+        return n
+
+    def encode(self, doc: Document, rng: np.random.Generator | None = None, index: int | None = None) -> EncodedDoc:
+        """Tokenise and patchify one document, applying the order swap and prompt dropout."""
+        cfg, mc, tok = self.cfg, self.model_cfg, self.tok
+        segments = list(doc.segments)
+        label = doc.label
+        meta = {"index": index, **doc.meta}
+
+        def bad(field: str, reason: str, detail: str = "") -> BadRecord:
+            return BadRecord.from_meta(meta, field, reason, detail, dataset=self.name)
+
+        if rng is not None:
+            pair = len(segments) == 2 and isinstance(segments[0], Text) and isinstance(segments[1], Image)
+            if pair and cfg.image_first_rate and rng.random() < cfg.image_first_rate:
+                segments = segments[::-1]
+            if label is not None and cfg.label_dropout and rng.random() < cfg.label_dropout:
+                label = None
+            drop_prompt = cfg.prompt_dropout and rng.random() < cfg.prompt_dropout
+        else:
+            drop_prompt = False
+        out: list[list[int] | VisualSegment] = [[tok.bos_id]]
+        seen_image = False
+        for i, seg in enumerate(segments):
+            if isinstance(seg, Text):
+                if drop_prompt and not seen_image:
+                    if not out[-1] or out[-1][-1] != tok.null_id:
+                        out[-1].append(tok.null_id)
+                    continue
+                ids = list(seg.ids) if seg.ids is not None else tok.encode(seg.text)
+                if not ids:
+                    raise bad(f"segments[{i}].text", EMPTY_TEXT)
+                out[-1].extend(ids)
+            else:
+                x = seg.to_tensor()
+                if not torch.isfinite(x).all():
+                    raise bad(f"segments[{i}].image", NON_FINITE)
+                if x.shape[1] != mc.channels:
+                    raise bad(
+                        f"segments[{i}].image", BAD_ARRAY, f"{x.shape[1]} channels, the model takes {mc.channels}"
+                    )
+                try:
+                    tokens, pos = to_blocks(x, mc.patch_size, mc.block_spec)
+                except ValueError as e:
+                    raise bad(f"segments[{i}].image", WRONG_SIZE, str(e)) from e
+                out[-1].append(tok.boi_id)
+                t, _, h, w = x.shape
+                out.append(VisualSegment(tokens, pos, (t, h // mc.patch_size, w // mc.patch_size)))
+                out.append([tok.eoi_id])
+                seen_image = True
+        out[-1].append(tok.eos_id)
+        enc = EncodedDoc([s for s in out if not isinstance(s, list) or s], label)
+        if self.max_len is not None and self.doc_length(enc) > self.max_len:
+            raise bad("segments", TEXT_TOO_LONG, f"{self.doc_length(enc)} tokens, context {self.max_len}")
+        return enc
+
+    def bucket(self, length: int) -> int | None:
+        for b in self.cfg.buckets:
+            if length <= b:
+                return b
+        return None
+
+    def __call__(self, docs: list[Document], rng: np.random.Generator | None = None) -> Batch:
+        """Encode (bad records raise or are skipped and counted, per policy) and pack."""
+        enc = []
+        for i, d in enumerate(docs):
+            try:
+                enc.append(self.encode(d, rng, index=i))
+            except BadRecord as e:
+                self.policy.handle(e)
+        if not enc:
+            raise ValueError(f"{self.name}: every document of the batch was a bad record ({self.policy.summary()})")
+        cfg = self.cfg
+        if cfg.pack_rows:
+            batch = pack(enc, self.model_cfg.patch_dim, row_len=cfg.pack_rows, pad_multiple=cfg.pad_multiple)
+        else:
+            longest = max(self.doc_length(e) for e in enc)
+            batch = pack(enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest))
+        # the null prompt stands in for dropped text; it is never a text target to learn
+        batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE
+        return batch
+
+    def decode(self, batch: Batch, patches: torch.Tensor | None = None) -> list[Document]:
+        """Documents back from a batch (clean copies; `patches` overrides the batch's features).
+
+        The inverse of collation without dropout or reordering: text is detokenised between the
+        special tokens, images are reassembled from their blocks.
+        """
+        lay = batch.layout
+        feats = batch.patches if patches is None else patches
+        mc = self.model_cfg
+        specials = {self.tok.bos_id, self.tok.eos_id, self.tok.boi_id, self.tok.eoi_id}
+        docs = []
+        images = {}
+        for d, first, grid in batch.images:
+            images.setdefault(d, []).append((first, grid))
+        for d in sorted(set(lay.doc[lay.doc >= 0].tolist())):
+            where = (lay.doc == d) & ~lay.noisy
+            toks, mods, blocks = batch.tokens[where], lay.modality[where], lay.block[where]
+            rows = where.nonzero(as_tuple=True)
+            vis_feats = feats[rows]
+            segments: list = []
+            text: list[int] = []
+            pending = list(images.get(d, []))
+            i = 0
+            while i < len(toks):
+                if mods[i] == TEXT:
+                    if int(toks[i]) in specials:
+                        if text:
+                            segments.append(Text(self.tok.decode(text)))
+                            text = []
+                    else:
+                        text.append(int(toks[i]))
+                    i += 1
+                    continue
+                first, grid = pending.pop(0)
+                nb = mc.block_spec.num_blocks(grid)
+                sel = (blocks >= first) & (blocks < first + nb)
+                tokens = vis_feats[sel].reshape(nb, -1, vis_feats.shape[-1])
+                segments.append(Image(to_uint8(from_blocks(tokens, grid, mc.patch_size, mc.block_spec))))
+                i += int(sel.sum())
+            if text:
+                segments.append(Text(self.tok.decode(text)))
+            docs.append(Document(segments))
+        return docs

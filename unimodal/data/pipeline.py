@@ -1,0 +1,142 @@
+"""From a data config to a resumable stream of batches.
+
+    data:
+      builtin: shapes          # or digits; or `source:` for your own files (a DataSource dict)
+      task: scenes
+      batch_size: 32
+      collate: {image_first_rate: 0.5, prompt_dropout: 0.1, buckets: [256, 512]}
+
+`build_documents` gives the documents (a built-in sequence, or a `DocumentReader` over local files);
+`BatchStream` shuffles them deterministically, collates, and yields `Batch`es forever. Its state
+is a few integers (order position, batches served), so a run resumes mid-epoch exactly; the
+collator's random choices are seeded by (seed, rank, batch number), not by a stateful generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..documents import Document
+from ..layout import Batch
+from . import load_builtin
+from .collate import CollateConfig, Collator
+from .formats import DataSource, DocumentReader, load_documents
+from .order import ShuffleBuffer, ShuffledOrder
+
+
+@dataclass
+class DataConfig:
+    """Where documents come from and how they are batched; validated on construction."""
+
+    builtin: str | None = None
+    task: str | None = None
+    n: int | None = None
+    split: str = "train"
+    options: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+    batch_size: int = 32
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    collate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.builtin is None) == (self.source is None):
+            raise ValueError("data: give exactly one of `builtin` (shapes, digits) or `source` (your files)")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        self.collate_config()  # validates the collate keys now, not at the first batch
+
+    def collate_config(self) -> CollateConfig:
+        return _from_dict(CollateConfig, self.collate, "data.collate")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        return _from_dict(cls, d, "data")
+
+
+def _from_dict(cls, d: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return cls(**d)
+
+
+def build_documents(cfg: DataConfig) -> Sequence[Document] | DocumentReader:
+    """The configured documents: a built-in dataset or a reader over local files."""
+    if cfg.builtin is not None:
+        return load_builtin(cfg.builtin, split=cfg.split, task=cfg.task, seed=cfg.seed, n=cfg.n, **cfg.options)
+    return load_documents(DataSource.from_dict(cfg.source))
+
+
+class BatchStream:
+    """Shuffled, collated batches forever (epoch after epoch), resumable with `state_dict`.
+
+    Map-style documents (a built-in sequence, a non-streaming reader) go through `ShuffledOrder`;
+    a streaming reader through a seeded `ShuffleBuffer`. Ranks see disjoint documents.
+    """
+
+    def __init__(
+        self,
+        docs: Sequence[Document] | DocumentReader,
+        collator: Collator,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.docs, self.collator, self.batch_size, self.seed = docs, collator, batch_size, seed
+        self.rank = rank
+        self.batches = 0
+        streaming = isinstance(docs, DocumentReader) and docs.source.streaming
+        if streaming:
+            self.order = ShuffleBuffer(
+                docs.records, shuffle_buffer, seed, transform=docs.decode, rank=rank, world_size=world_size
+            )
+        else:
+            self.order = ShuffledOrder(len(docs), seed, rank=rank, world_size=world_size)
+        self._items: Iterator[Document] | None = None
+
+    def _documents(self) -> Iterator[Document]:
+        if isinstance(self.order, ShuffleBuffer):
+            yield from self.order
+            return
+        for i in self.order:
+            doc = self.docs.get(i, self.order.epoch) if isinstance(self.docs, DocumentReader) else self.docs[i]
+            if doc is not None:  # None: a bad record skipped (and counted) by the reader's policy
+                yield doc
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._items is None:
+            self._items = self._documents()
+        docs = [next(self._items) for _ in range(self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        self.batches += 1
+        return self.collator(docs, rng)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.batches = int(state["batches"])
+        self._items = None
+
+
+def batch_stream(cfg: DataConfig | dict[str, Any], tokenizer, model_cfg, rank: int = 0, world_size: int = 1):
+    """The `BatchStream` a data config describes, for a tokenizer and a model config."""
+    cfg = cfg if isinstance(cfg, DataConfig) else DataConfig.from_dict(cfg)
+    name = cfg.builtin or (cfg.source or {}).get("name", "data")
+    collator = Collator(tokenizer, model_cfg, cfg.collate_config(), name=name)
+    return BatchStream(build_documents(cfg), collator, cfg.batch_size, cfg.seed, cfg.shuffle_buffer, rank, world_size)

@@ -32,53 +32,71 @@ class KVCache:
         self.doc = torch.full((batch, max_len), EMPTY, dtype=torch.long, device=device)
         self.unit = torch.zeros((batch, max_len), dtype=torch.long, device=device)
         self.length = torch.zeros(batch, dtype=torch.long, device=device)
-        self._pending: tuple[torch.Tensor, ...] | None = None
 
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    @property
-    def span(self) -> int:
-        """Slots in use by the longest row; attention reads only this prefix of the buffers."""
-        return int(self.length.max()) if self.length.numel() else 0
+    def begin(self, layout, commit: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> CacheStep:
+        """Open one forward's access: query row r reads cache row `rows[r]` (default r) and appends
+        its tokens flagged in `commit` (R, n; clean tokens only) there."""
+        return CacheStep(self, layout, commit, rows)
 
-    def fields(self) -> Fields:
-        s = self.span
-        b = self.doc.shape[0]
-        idx = torch.arange(s, device=self.doc.device).expand(b, s)
-        return Fields(self.doc[:, :s], self.unit[:, :s], torch.zeros_like(self.unit[:, :s], dtype=torch.bool), idx)
 
-    def keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.span
-        return self.k[layer, :, :, :s], self.v[layer, :, :, :s]
+class CacheStep:
+    """One forward pass's view of a KVCache: the rows it reads, the keys of each layer, the commit.
 
-    def begin_commit(self, layout, commit: torch.Tensor) -> None:
-        """Plan appending the tokens `commit` (R, n) of a step (clean only) at each row's end."""
+    Several query rows may read the same cache row (the two guidance branches of class-conditional
+    sampling share one clean context), but only one of them may commit to it.
+    """
+
+    def __init__(self, cache: KVCache, layout, commit: torch.Tensor | None, rows: torch.Tensor | None) -> None:
+        r = layout.doc.shape[0]
+        device = cache.length.device
+        self.cache = cache
+        self.rows = torch.arange(r, device=device) if rows is None else rows.to(device)
+        if self.rows.shape != (r,):
+            raise ValueError(f"cache rows must be one per query row ({r}), got shape {tuple(self.rows.shape)}")
+        lengths = cache.length[self.rows]
+        self.span = int(lengths.max()) if r else 0
+        commit = torch.zeros_like(layout.noisy) if commit is None else commit
         if (commit & layout.noisy).any():
             raise ValueError("only clean tokens can be committed to the KV cache")
         count = commit.sum(1)
-        if int((self.length + count).max()) > self.max_len:
+        committing = self.rows[count > 0]
+        if committing.unique().numel() != committing.numel():
+            raise ValueError("two query rows commit to the same cache row")
+        if r and int((lengths + count).max()) > cache.max_len:
             raise RuntimeError(
-                f"KV cache full: {int((self.length + count).max())} tokens needed, {self.max_len} allocated"
+                f"KV cache full: {int((lengths + count).max())} tokens needed, {cache.max_len} allocated"
             )
         b_idx, src = commit.nonzero(as_tuple=True)
-        dst = self.length[b_idx] + (commit.cumsum(1) - 1)[b_idx, src]
-        self._pending = (b_idx, src, dst, layout.doc[b_idx, src], layout.unit[b_idx, src])
+        dst = lengths[b_idx] + (commit.cumsum(1) - 1)[b_idx, src]
+        self._write = (self.rows[b_idx], b_idx, src, dst)
+        self._meta = (layout.doc[b_idx, src], layout.unit[b_idx, src])
+
+    def fields(self) -> Fields:
+        """The cached tokens' fields for the rule, (R, span): empty slots never match a query's doc."""
+        s, c = self.span, self.cache
+        idx = torch.arange(s, device=c.doc.device).expand(self.rows.numel(), s)
+        doc = c.doc[self.rows, :s]
+        return Fields(doc, c.unit[self.rows, :s], torch.zeros_like(doc, dtype=torch.bool), idx)
+
+    def keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached keys and values (R, heads, span, head_dim) of this layer for the query rows."""
+        s = self.span
+        return self.cache.k[layer, self.rows, :, :s], self.cache.v[layer, self.rows, :, :s]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the planned tokens of k, v (R, heads, n, head_dim) for `layer`."""
-        if self._pending is None:
-            return
-        b_idx, src, dst = self._pending[:3]
-        self.k[layer, b_idx, :, dst] = k[b_idx, :, src].to(self.k.dtype)
-        self.v[layer, b_idx, :, dst] = v[b_idx, :, src].to(self.v.dtype)
+        """Store this layer's committed tokens of k, v (R, heads, n, head_dim)."""
+        dst_row, b_idx, src, dst = self._write
+        if b_idx.numel():
+            self.cache.k[layer, dst_row, :, dst] = k[b_idx, :, src].to(self.cache.k.dtype)
+            self.cache.v[layer, dst_row, :, dst] = v[b_idx, :, src].to(self.cache.v.dtype)
 
-    def end_commit(self) -> None:
-        """Make the written tokens visible: their doc and unit go into the slots, lengths grow."""
-        if self._pending is not None:
-            b_idx, _, dst, doc, unit = self._pending
-            self.doc[b_idx, dst] = doc
-            self.unit[b_idx, dst] = unit
-            self.length += torch.bincount(b_idx, minlength=self.length.numel())
-            self._pending = None
+    def end(self) -> None:
+        """Make the committed tokens visible: their doc and unit go into the slots, lengths grow."""
+        dst_row, _, _, dst = self._write
+        c = self.cache
+        c.doc[dst_row, dst], c.unit[dst_row, dst] = self._meta
+        c.length += torch.bincount(dst_row, minlength=c.length.numel())

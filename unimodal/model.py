@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionPlan, Fields, resolve_backend
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import CacheStep, KVCache
 from .layout import TEXT, Layout
 from .rope import RopeND
 
@@ -84,7 +84,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
 
-    def forward(self, x, rope: RopeND, tables, plan: AttentionPlan, cache: KVCache | None, layer: int):
+    def forward(self, x, rope: RopeND, tables, plan: AttentionPlan, cache: CacheStep | None, layer: int):
         r, n, _ = x.shape
         q, k, v = self.qkv(x).view(r, n, 3, self.heads, self.head_dim).unbind(2)
         q = rope.apply(self.q_norm(q), tables).transpose(1, 2)
@@ -221,6 +221,7 @@ class UnifiedModel(nn.Module):
         labels: torch.Tensor | None = None,
         cache: KVCache | None = None,
         commit: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
         backend: str | None = None,
         heads: bool = True,
     ) -> ModelOutput:
@@ -228,8 +229,9 @@ class UnifiedModel(nn.Module):
 
         tokens (R, L) text ids; patches (R, L, patch_dim) visual features (noisy copies already
         noised); t (NB,) per-block diffusion time and labels (NB,) per-block class, indexed by
-        `layout.block`. With `cache`, the tokens attend to the cached clean context as well, and
-        the tokens flagged in `commit` (R, L) are appended to the cache.
+        `layout.block`. With `cache`, the tokens attend to the cached clean context as well (query
+        row r reads cache row `cache_rows[r]`, default r), and the tokens flagged in `commit` (R, L)
+        are appended to the cache.
         """
         cfg = self.cfg
         x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
@@ -244,23 +246,22 @@ class UnifiedModel(nn.Module):
                 raise ValueError("the layout has noisy tokens but no timesteps t were given")
             cond = self.condition(self.timestep_input(t), labels)
             gather = torch.where(noisy, layout.block, cond.shape[0])
-        q_fields = Fields.of(layout, offset=cache.span if cache is not None else 0)
-        if cache is not None:
-            k_fields = cache.fields().cat(q_fields)
-            plan = AttentionPlan(q_fields, k_fields, "dense" if backend is None else backend)
-            cache.begin_commit(layout, commit if commit is not None else torch.zeros_like(noisy))
+        step = cache.begin(layout, commit, cache_rows) if cache is not None else None
+        q_fields = Fields.of(layout, offset=step.span if step is not None else 0)
+        if step is not None:
+            plan = AttentionPlan(q_fields, step.fields().cat(q_fields), "dense" if backend is None else backend)
         else:
             name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device, x.requires_grad)
             plan = AttentionPlan(q_fields, q_fields, name)
         tables = self.rope.tables(layout.pos)
         for i, blk in enumerate(self.blocks):
-            args = (x, cond, gather, self.rope, tables, plan, cache, i)
+            args = (x, cond, gather, self.rope, tables, plan, step, i)
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, *args, use_reentrant=False)
             else:
                 x = blk(*args)
-        if cache is not None:
-            cache.end_commit()
+        if step is not None:
+            step.end()
         if not heads:
             return ModelOutput(x, None, None)
         pred = self.final_layer(x[noisy], cond[layout.block[noisy]]) if has_noisy else None

@@ -49,7 +49,7 @@ class Image:
             if not isinstance(x, PILImage.Image):
                 raise TypeError(f"Image.data must be an array, a tensor or a PIL image, got {type(x).__name__}")
             x = np.asarray(x)
-        t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+        t = torch.tensor(x) if isinstance(x, np.ndarray) else x  # a copy: arrays may be read-only views
         if self.latent:
             if t.dim() == 3:
                 t = t.unsqueeze(0)

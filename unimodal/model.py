@@ -224,6 +224,7 @@ class UnifiedModel(nn.Module):
         cache_rows: torch.Tensor | None = None,
         backend: str | None = None,
         heads: bool = True,
+        depth: int | None = None,
     ) -> ModelOutput:
         """Run the trunk over the tokens described by `layout` (R, L).
 
@@ -231,7 +232,8 @@ class UnifiedModel(nn.Module):
         noised); t (NB,) per-block diffusion time and labels (NB,) per-block class, indexed by
         `layout.block`. With `cache`, the tokens attend to the cached clean context as well (query
         row r reads cache row `cache_rows[r]`, default r), and the tokens flagged in `commit` (R, L)
-        are appended to the cache.
+        are appended to the cache. `depth` runs only the first `depth` blocks and returns their
+        hidden states without heads (embeddings from an intermediate layer).
         """
         cfg = self.cfg
         x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
@@ -246,6 +248,8 @@ class UnifiedModel(nn.Module):
                 raise ValueError("the layout has noisy tokens but no timesteps t were given")
             cond = self.condition(self.timestep_input(t), labels)
             gather = torch.where(noisy, layout.block, cond.shape[0])
+        if depth is not None and cache is not None:
+            raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
         step = cache.begin(layout, commit, cache_rows) if cache is not None else None
         q_fields = Fields.of(layout, offset=step.span if step is not None else 0)
         if step is not None:
@@ -254,7 +258,8 @@ class UnifiedModel(nn.Module):
             name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device, x.requires_grad)
             plan = AttentionPlan(q_fields, q_fields, name)
         tables = self.rope.tables(layout.pos)
-        for i, blk in enumerate(self.blocks):
+        blocks = self.blocks if depth is None else self.blocks[:depth]
+        for i, blk in enumerate(blocks):
             args = (x, cond, gather, self.rope, tables, plan, step, i)
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, *args, use_reentrant=False)
@@ -262,7 +267,7 @@ class UnifiedModel(nn.Module):
                 x = blk(*args)
         if step is not None:
             step.end()
-        if not heads:
+        if not heads or depth is not None:
             return ModelOutput(x, None, None)
         pred = self.final_layer(x[noisy], cond[layout.block[noisy]]) if has_noisy else None
         text_logits = None

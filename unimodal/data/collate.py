@@ -79,8 +79,11 @@ class Collator:
             n += 2 * seg.tokens.shape[0] * seg.tokens.shape[1] if isinstance(seg, VisualSegment) else len(seg)
         return n
 
-    def encode(self, doc: Document, rng: np.random.Generator | None = None, index: int | None = None) -> EncodedDoc:
-        """Tokenise and patchify one document, applying the order swap and prompt dropout."""
+    def encode(
+        self, doc: Document, rng: np.random.Generator | None = None, index: int | None = None, close: bool = True
+    ) -> EncodedDoc:
+        """Tokenise and patchify one document, applying the order swap and prompt dropout; `close`
+        ends it with <eos> (False: an open document to continue, as generation prefills it)."""
         cfg, mc, tok = self.cfg, self.model_cfg, self.tok
         segments = list(doc.segments)
         label = doc.label
@@ -127,7 +130,8 @@ class Collator:
                 out.append(VisualSegment(tokens, pos, (t, h // mc.patch_size, w // mc.patch_size)))
                 out.append([tok.eoi_id])
                 seen_image = True
-        out[-1].append(tok.eos_id)
+        if close:
+            out[-1].append(tok.eos_id)
         enc = EncodedDoc([s for s in out if not isinstance(s, list) or s], label)
         if self.max_len is not None and self.doc_length(enc) > self.max_len:
             raise bad("segments", TEXT_TOO_LONG, f"{self.doc_length(enc)} tokens, context {self.max_len}")

@@ -1,0 +1,164 @@
+"""Generation: cached == uncached, batched == one at a time, guidance, seeds, the state machine."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unimodal import Document, ModelConfig, Text, UnifiedModel
+from unimodal.generation import Engine
+from unimodal.layout import TEXT, encode_document, pack
+from unimodal.pipeline import Pipeline
+from unimodal.samplers import make_sampler
+from unimodal.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-4  # float32 on CPU: cached and uncached sum attention in different orders
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.load(ROOT / "tokenizers_cfg" / "shapes")
+
+
+def random_model(tok, **kw) -> UnifiedModel:
+    cfg = ModelConfig.from_preset("micro", vocab_size=tok.vocab_size if tok else 0, image_size=8, **kw)
+    model = UnifiedModel(cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # random weights everywhere: zero-init AdaLN would hide conditioning bugs
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return model.eval()
+
+
+PROMPTS = ["a small red circle at the top left", "two large blue squares"]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4], ids=["1-patch", "few", "whole-image"])
+@pytest.mark.parametrize("guidance", [None, 2.5])
+def test_cached_equals_uncached_text_to_image(tok, block_size, guidance):
+    pipe = Pipeline(random_model(tok, block_size=block_size), tok, num_steps=3)
+    kw = dict(seed=0, guidance=guidance, output_type="np")
+    a = pipe.text_to_image(PROMPTS, use_cache=True, **kw)
+    b = pipe.text_to_image(PROMPTS, use_cache=False, **kw)
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() < TOL
+    assert np.abs(a[0] - a[1]).max() > 1e-2  # different prompts and seeds give different images
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
+def test_cached_equals_uncached_class_guidance(sampler):
+    """Class mode: both branches read one shared cache row."""
+    pipe = Pipeline(random_model(None, num_classes=4, diffusion="ddpm_eps", block_size=2), None, num_steps=3)
+    kw = dict(seed=5, guidance=3.0, output_type="np", sampler=sampler)
+    a = pipe.class_to_image([1, 3], use_cache=True, **kw)
+    b = pipe.class_to_image([1, 3], use_cache=False, **kw)
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() < TOL
+
+
+def test_captions_cached_equal_uncached(tok):
+    pipe = Pipeline(random_model(tok, block_size=2), tok)
+    images = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)]
+    assert pipe.caption(images, max_new_tokens=6) == pipe.caption(images, max_new_tokens=6, use_cache=False)
+
+
+def test_batched_equals_one_at_a_time(tok):
+    pipe = Pipeline(random_model(tok, block_size=2), tok, num_steps=3)
+    together = pipe.text_to_image(PROMPTS, seed=[11, 12], guidance=2.0, output_type="np")
+    alone = [
+        pipe.text_to_image([p], seed=[s], guidance=2.0, output_type="np")[0]
+        for p, s in zip(PROMPTS, [11, 12], strict=True)
+    ]
+    for x, y in zip(together, alone, strict=True):
+        assert np.abs(x - y).max() < TOL
+    images = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(2)]
+    assert pipe.caption(images, max_new_tokens=5) == [pipe.caption([im], max_new_tokens=5)[0] for im in images]
+
+
+def test_guidance_one_equals_none_and_seeds(tok):
+    pipe = Pipeline(random_model(tok, block_size=2), tok, num_steps=3, sampler="euler")
+    a = pipe.text_to_image(PROMPTS, seed=1, guidance=1.0, output_type="np")
+    b = pipe.text_to_image(PROMPTS, seed=1, guidance=None, output_type="np")
+    c = pipe.text_to_image(PROMPTS, seed=1, guidance=None, output_type="np")
+    d = pipe.text_to_image(PROMPTS, seed=2, guidance=None, output_type="np")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(b, c, strict=True))
+    assert np.abs(b[0] - d[0]).max() > 1e-2
+    e = pipe.text_to_image(PROMPTS, seed=1, guidance=4.0, output_type="np")
+    assert np.abs(b[0] - e[0]).max() > 1e-3  # guidance does something
+
+
+def test_interleaved_state_machine(tok):
+    """<boi> opens an image of the configured shape, <eoi> closes it, text resumes after it."""
+    pipe = Pipeline(random_model(tok, block_size=2), tok, num_steps=2)
+    word = tok.encode("red")[0]
+    plan = [tok.boi_id, word, tok.eos_id]
+
+    def force(rows, logits):
+        out = torch.full_like(logits, float("-inf"))
+        for q, r in enumerate(rows):
+            out[q, plan[forced[r]]] = 0.0
+            forced[r] += 1
+        return out
+
+    forced = [0, 0]
+    docs = pipe.generate(
+        [Document([Text("a blue square")]), Document([Text("two circles")])],
+        max_new_tokens=8,
+        logits_processor=force,
+    )
+    for d, given in zip(docs, ["a blue square", "two circles"], strict=True):
+        kinds = [type(s).__name__ for s in d.segments]
+        assert kinds == ["Text", "Image", "Text"]
+        assert d.segments[0].text == given and d.segments[2].text == "red"
+        assert np.asarray(d.segments[1].data).shape == (8, 8, 3)
+
+
+def test_text_after_an_image_sees_the_clean_image(tok):
+    """The logits after <eoi> from the engine equal the training forward on the clean document."""
+    model = random_model(tok, block_size=2)
+    cfg = model.cfg
+    prompt = [tok.bos_id, *tok.encode("a red circle"), tok.boi_id]
+    eng = Engine(model, 1, 256)
+    with torch.no_grad():
+        eng.text([0], [prompt])
+        eng.begin_image([0], cfg.grid)
+        blocks = eng.generate_image([0], make_sampler("euler", 2, "flow"), [torch.Generator().manual_seed(0)])
+        eng.end_image([0])
+        logits = eng.text([0], [[tok.eoi_id]])
+        image = torch.from_numpy(Pipeline(model, tok)._images(blocks, "np")[0]).permute(2, 0, 1).unsqueeze(0)
+        enc = encode_document(Document([Text(ids=prompt)]), cfg.patch_size, cfg.block_spec)
+        from unimodal.layout import VisualSegment
+        from unimodal.patches import to_blocks
+
+        tokens, pos = to_blocks(image, cfg.patch_size, cfg.block_spec)
+        enc.segments += [VisualSegment(tokens, pos, cfg.grid), [tok.eoi_id]]
+        batch = pack([enc], cfg.patch_dim, with_noisy=False)
+        full = model(batch.tokens, batch.patches, batch.layout, backend="dense")
+    expect = full.text_logits[-1]
+    torch.testing.assert_close(logits[0], expect, rtol=1e-4, atol=1e-4)
+    # and it depends on the image: another image gives other logits
+    batch.patches[batch.layout.modality == 1] += 0.5
+    with torch.no_grad():
+        other = model(batch.tokens, batch.patches, batch.layout, backend="dense").text_logits[-1]
+    assert (other - expect).abs().max() > 1e-3
+    assert (batch.layout.modality == TEXT).sum() == len(prompt) + 1
+
+
+def test_embed_and_round_trip(tok, tmp_path):
+    model = random_model(tok, block_size=2)
+    pipe = Pipeline(model, tok, num_steps=2)
+    images = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)]
+    e = pipe.embed(images)
+    assert e.shape == (3, model.cfg.dim) and torch.isfinite(e).all()
+    assert not torch.allclose(e[0], e[1])
+    assert pipe.embed(images, layer=1).shape == (3, model.cfg.dim)
+    torch.testing.assert_close(pipe.embed(images[:1]), e[:1])  # batching does not change an embedding
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    again = Pipeline.from_pretrained(tmp_path / "m", num_steps=2)
+    a = pipe.text_to_image(PROMPTS, seed=0, output_type="np")
+    b = again.text_to_image(PROMPTS, seed=0, output_type="np")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert pipe.caption(images, max_new_tokens=4) == again.caption(images, max_new_tokens=4)

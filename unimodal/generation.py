@@ -45,6 +45,11 @@ class BlockSeg:
     noisy: bool
 
 
+def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Token fields of a followed by b (a may be empty)."""
+    return {k: torch.cat([a[k], v]) for k, v in b.items()} if a else dict(b)
+
+
 class Engine:
     """Rows of documents being generated; `rows` cache rows (2 x documents in text-guidance mode)."""
 
@@ -61,7 +66,7 @@ class Engine:
         self.use_cache = use_cache
         self.max_len = max_len
         self.cache = model.new_cache(rows, max_len) if use_cache else None
-        self.history: list[list[dict]] = [[] for _ in range(rows)]  # uncached: committed tokens per row
+        self.history: list[dict[str, torch.Tensor]] = [{} for _ in range(rows)]  # uncached: committed tokens
         self.grid: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------------------------- one forward
@@ -77,46 +82,62 @@ class Engine:
         """One forward: query row q appends `segs[q]` to cache row `cache_rows[q]` (committing its
         clean tokens if `commit[q]`). Returns the noisy predictions (Rq, B, D) of the rows' noisy
         blocks (or None) and the logits (Rq, vocab) at each row's last text token (or None)."""
-        toks = [self._tokens(c, s) for c, s in zip(cache_rows, segs, strict=True)]
+        chunks = [self._chunk(c, s) for c, s in zip(cache_rows, segs, strict=True)]
         for c, s, keep in zip(cache_rows, segs, commit, strict=True):
             if keep:
                 self._advance(c, s)
         if self.use_cache:
-            starts = [0] * len(toks)
-            lay, tokens, patches, commit_mask = self._pack(toks, commit)
+            starts = [0] * len(chunks)
+            lay, tokens, patches, commit_mask = self._pack(chunks, commit)
             rows_t = torch.tensor(cache_rows, device=self.device)
             out = self.model(
                 tokens, patches, lay, t=t, labels=labels, cache=self.cache, commit=commit_mask, cache_rows=rows_t
             )
         else:  # the whole prefix again, through the training forward
-            starts = [len(self.history[c]) for c in cache_rows]
-            lay, tokens, patches, _ = self._pack(
-                [self.history[c] + tk for c, tk in zip(cache_rows, toks, strict=True)], None
-            )
+            starts = [len(self.history[c].get("unit", ())) for c in cache_rows]
+            full = [_cat(self.history[c], ch) for c, ch in zip(cache_rows, chunks, strict=True)]
+            lay, tokens, patches, _ = self._pack(full, None)
             out = self.model(tokens, patches, lay, t=t, labels=labels, backend="dense")
-            for c, tk, keep in zip(cache_rows, toks, commit, strict=True):
+            for c, ch, keep in zip(cache_rows, chunks, commit, strict=True):
                 if keep:
-                    self.history[c] = self.history[c] + [d for d in tk if not d["noisy"]]
-        return self._outputs(out, lay, starts, [len(tk) for tk in toks])
+                    clean = ~ch["noisy"]
+                    self.history[c] = _cat(self.history[c], {k: v[clean] for k, v in ch.items()})
+        return self._outputs(out, lay, starts, [len(ch["unit"]) for ch in chunks])
 
-    def _tokens(self, c: int, segs: list[TextSeg | BlockSeg]) -> list[dict]:
-        """Per-token fields of segments appended to cache row c (state not yet advanced)."""
-        out = []
+    def _chunk(self, c: int, segs: list[TextSeg | BlockSeg]) -> dict[str, torch.Tensor]:
+        """Per-token fields (token, patch, unit, pos, noisy, mod) of segments appended to cache row
+        c, as tensors (state not yet advanced)."""
+        parts = []
         unit, index = int(self.unit[c]), int(self.index[c])
+        d = self.cfg.patch_dim
         for s in segs:
             if isinstance(s, TextSeg):
-                for tok in s.ids:
-                    out.append(dict(token=tok, patch=None, unit=unit, pos=(index,) * 3, noisy=False, mod=TEXT))
-                    unit += 1
-                    index += 1
-            else:
-                pos = self.block_pos[s.k] + int(self.image_index[c])
-                u = int(self.image_unit[c]) + s.k
-                for j in range(pos.shape[0]):
-                    out.append(
-                        dict(token=0, patch=s.x[j], unit=u, pos=tuple(pos[j].tolist()), noisy=s.noisy, mod=VISUAL)
+                n = len(s.ids)
+                ar = torch.arange(n)
+                parts.append(
+                    dict(
+                        token=torch.tensor(s.ids, dtype=torch.long),
+                        patch=torch.zeros(n, d),
+                        unit=unit + ar,
+                        pos=(index + ar).unsqueeze(1).expand(n, 3),
+                        noisy=torch.zeros(n, dtype=torch.bool),
+                        mod=torch.full((n,), TEXT),
                     )
-        return out
+                )
+                unit, index = unit + n, index + n
+            else:
+                b = self.block_pos.shape[1]
+                parts.append(
+                    dict(
+                        token=torch.zeros(b, dtype=torch.long),
+                        patch=s.x.float().cpu(),
+                        unit=torch.full((b,), int(self.image_unit[c]) + s.k),
+                        pos=self.block_pos[s.k] + self.image_index[c],
+                        noisy=torch.full((b,), s.noisy),
+                        mod=torch.full((b,), VISUAL),
+                    )
+                )
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def _advance(self, c: int, segs: list[TextSeg | BlockSeg]) -> None:
         for s in segs:
@@ -124,28 +145,26 @@ class Engine:
                 self.unit[c] += len(s.ids)
                 self.index[c] += len(s.ids)
 
-    def _pack(self, rows: list[list[dict]], commit: list[bool] | None):
+    def _pack(self, chunks: list[dict[str, torch.Tensor]], commit: list[bool] | None):
         """Right-padded step tensors: the layout, tokens, patches and the commit mask."""
-        r, n, d = len(rows), max(len(x) for x in rows), self.cfg.patch_dim
-        doc = torch.full((r, n), -1, dtype=torch.long)
-        unit = torch.zeros((r, n), dtype=torch.long)
-        noisy = torch.zeros((r, n), dtype=torch.bool)
-        mod = torch.full((r, n), PAD, dtype=torch.long)
-        pos = torch.zeros((r, n, 3), dtype=torch.long)
-        block = torch.full((r, n), -1, dtype=torch.long)
-        tokens = torch.zeros((r, n), dtype=torch.long)
-        patches = torch.zeros((r, n, d))
-        for q, toks in enumerate(rows):
-            for j, tk in enumerate(toks):
-                doc[q, j], unit[q, j], noisy[q, j], mod[q, j] = 0, tk["unit"], tk["noisy"], tk["mod"]
-                pos[q, j] = torch.tensor(tk["pos"])
-                tokens[q, j] = tk["token"]
-                if tk["patch"] is not None:
-                    patches[q, j] = tk["patch"]
-                    block[q, j] = q  # t and labels are per query row
-        lay = Layout(doc, unit, noisy, mod, pos, block).to(self.device)
-        commit_mask = None if commit is None else ((doc >= 0) & ~noisy & torch.tensor(commit).unsqueeze(1))
-        return lay, tokens.to(self.device), patches.to(self.device, self.dtype), commit_mask
+        r, n = len(chunks), max(len(ch["unit"]) for ch in chunks)
+        lengths = torch.tensor([len(ch["unit"]) for ch in chunks])
+        real = torch.arange(n) < lengths[:, None]
+
+        def pad(key: str, fill) -> torch.Tensor:
+            first = chunks[0][key]
+            out = torch.full((r, n, *first.shape[1:]), fill, dtype=first.dtype)
+            out[real] = torch.cat([ch[key] for ch in chunks])
+            return out
+
+        noisy = pad("noisy", False)
+        mod = pad("mod", PAD)
+        # t and labels are per query row: a row's noisy tokens index the row's entry
+        block = torch.where(noisy, torch.arange(r)[:, None], -1)
+        lay = Layout(torch.where(real, 0, -1), pad("unit", 0), noisy, mod, pad("pos", 0), block).to(self.device)
+        commit_mask = None if commit is None else (real & ~noisy & torch.tensor(commit)[:, None]).to(self.device)
+        tokens, patches = pad("token", 0).to(self.device), pad("patch", 0.0).to(self.device, self.dtype)
+        return lay, tokens, patches, commit_mask
 
     def _outputs(self, out, lay: Layout, starts: list[int], lengths: list[int]):
         """Split the forward's outputs per query row, keeping only this step's tokens."""

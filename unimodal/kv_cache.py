@@ -57,6 +57,10 @@ class CacheStep:
         self.rows = torch.arange(r, device=device) if rows is None else rows.to(device)
         if self.rows.shape != (r,):
             raise ValueError(f"cache rows must be one per query row ({r}), got shape {tuple(self.rows.shape)}")
+        # a contiguous run of rows reads the buffers as views (no copy of the cached keys per layer)
+        first = int(self.rows[0]) if r else 0
+        contiguous = r > 0 and torch.equal(self.rows, torch.arange(first, first + r, device=device))
+        self._index = slice(first, first + r) if contiguous else self.rows
         lengths = cache.length[self.rows]
         self.span = int(lengths.max()) if r else 0
         commit = torch.zeros_like(layout.noisy) if commit is None else commit
@@ -79,13 +83,13 @@ class CacheStep:
         """The cached tokens' fields for the rule, (R, span): empty slots never match a query's doc."""
         s, c = self.span, self.cache
         idx = torch.arange(s, device=c.doc.device).expand(self.rows.numel(), s)
-        doc = c.doc[self.rows, :s]
-        return Fields(doc, c.unit[self.rows, :s], torch.zeros_like(doc, dtype=torch.bool), idx)
+        doc = c.doc[self._index, :s]
+        return Fields(doc, c.unit[self._index, :s], torch.zeros_like(doc, dtype=torch.bool), idx)
 
     def keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached keys and values (R, heads, span, head_dim) of this layer for the query rows."""
         s = self.span
-        return self.cache.k[layer, self.rows, :, :s], self.cache.v[layer, self.rows, :, :s]
+        return self.cache.k[layer, self._index, :, :s], self.cache.v[layer, self._index, :, :s]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store this layer's committed tokens of k, v (R, heads, n, head_dim)."""

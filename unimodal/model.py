@@ -91,10 +91,11 @@ class Attention(nn.Module):
         k = rope.apply(self.k_norm(k), tables).transpose(1, 2)
         v = v.transpose(1, 2)
         if cache is not None:
-            ck, cv = cache.keys(layer)
-            cache.write(layer, k, v)
+            ck, cv = cache.keys(layer)  # views of the buffers: concatenate before this step writes
+            k_new, v_new = k, v
             k = torch.cat([ck.to(k.dtype), k], dim=2)
             v = torch.cat([cv.to(v.dtype), v], dim=2)
+            cache.write(layer, k_new, v_new)
         out = plan(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(r, n, -1))
 

@@ -95,3 +95,25 @@ def test_config_errors_name_the_key():
         DataConfig.from_dict({"builtin": "shapes", "collate": {"dropout": 0.1}})
     with pytest.raises(ValueError, match="exactly one"):
         DataConfig.from_dict({"batch_size": 3})
+
+
+def test_ranks_split_the_global_batch_exactly(tok):
+    """Two ranks' batches are the two halves of one process's batch at the same global size,
+    including the diffusion noise (seeded per document)."""
+    from unimodal.diffusion import Diffusion, noise_batch
+
+    cfg = {"builtin": "shapes", "task": "t2i", "n": 30, "collate": {"image_first_rate": 0.5, "prompt_dropout": 0.3}}
+    one = batch_stream({**cfg, "batch_size": 8}, tok, model_cfg())
+    two = [batch_stream({**cfg, "batch_size": 4}, tok, model_cfg(), rank=r, world_size=2) for r in range(2)]
+    diff = Diffusion("flow")
+    for _ in range(3):
+        whole = one.collator.decode(b := next(one))
+        halves = [next(s) for s in two]
+        parts = [d for h in halves for d in two[0].collator.decode(h)]
+        assert [s.text for d in whole for s in d.segments if hasattr(s, "text")] == [
+            s.text for d in parts for s in d.segments if hasattr(s, "text")
+        ]
+        full_noise = noise_batch(b, diff)
+        half_noise = [noise_batch(h, diff) for h in halves]
+        assert torch.equal(full_noise.t, torch.cat([h.t for h in half_noise]))
+        assert torch.equal(full_noise.target, torch.cat([h.target for h in half_noise]))

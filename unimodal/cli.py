@@ -5,6 +5,12 @@
     unimodal show mask [options]           the attention rule on that document, as a unit/stream picture
     unimodal show model [--preset NAME]    the module tree with parameter counts per component
     unimodal tokenizer train --config YAML train a SentencePiece tokenizer from a spec in tokenizers_cfg/
+    unimodal generate MODEL --prompt TEXT  images (PNG files and a grid) from prompts, or --class LABEL
+    unimodal caption MODEL IMAGE...        prints path<TAB>caption per image
+    unimodal embed MODEL IMAGE... --out F  an (n, dim) float32 .npy of image embeddings
+
+The generate/caption/embed bodies live in cli_generate.py. A user error there (a missing model, a
+refused pickle, an unreadable image) prints its message and returns 2, without a traceback.
 
 `main(argv)` returns the exit status, so the commands can be run in-process (tests do).
 """
@@ -16,6 +22,7 @@ import os
 import sys
 
 from . import __version__
+from .cli_generate import CommandError, add_commands
 from .config import BLOCK_KINDS, PRESETS, ModelConfig
 
 DEFAULT_PRESET = "micro"
@@ -173,12 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--config", required=True, metavar="YAML", help="tokenizer spec, e.g. tokenizers_cfg/shapes.yaml")
     sp.set_defaults(func=cmd_tokenizer_train, parser=sp)
+
+    add_commands(sub)  # generate, caption, embed
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = args.func(args, args.parser)
+    try:
+        out = args.func(args, args.parser)
+    except CommandError as e:
+        sys.stderr.write(f"{args.parser.prog}: error: {e}\n")
+        return 2
     try:
         sys.stdout.write(out + "\n")
         sys.stdout.flush()

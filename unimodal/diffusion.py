@@ -64,16 +64,37 @@ class NoisedBatch:
 
 
 def noise_batch(batch: Batch, diffusion: Diffusion, generator: torch.Generator | None = None) -> NoisedBatch:
-    """Draw one t per visual block and fresh noise per noisy token."""
+    """Draw one t per visual block and fresh noise per noisy token: from `generator`, or, when the
+    batch carries `doc_keys`, from one generator per document seeded by its key."""
     lay = batch.layout
-    t = diffusion.sample_t(batch.block_label.numel(), generator).to(batch.patches.device)
     noisy = lay.noisy
     x0 = batch.patches[noisy]
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-    xt, target = diffusion.noise(x0, eps, t[lay.block[noisy]])
+    blocks = lay.block[noisy]
+    if batch.doc_keys is None:
+        t = diffusion.sample_t(batch.block_label.numel(), generator)
+        eps = torch.randn(x0.shape, generator=generator)
+    else:
+        t = torch.empty(batch.block_label.numel(), dtype=torch.long if diffusion.kind == "ddpm_eps" else torch.float)
+        eps = torch.empty(x0.shape)
+        tok_doc = batch.block_doc.cpu()[blocks.cpu()]
+        for d, key in enumerate(batch.doc_keys.tolist()):
+            g = torch.Generator().manual_seed(int(key))
+            mine = batch.block_doc.cpu() == d
+            t[mine] = diffusion.sample_t(int(mine.sum()), g)
+            sel = tok_doc == d
+            eps[sel] = torch.randn((int(sel.sum()), x0.shape[-1]), generator=g)
+    t, eps = t.to(x0.device), eps.to(x0.device, x0.dtype)
+    xt, target = diffusion.noise(x0, eps, t[blocks])
     patches = batch.patches.clone()
     patches[noisy] = xt
     return NoisedBatch(patches, t, target)
+
+
+def target_counts(batch: Batch) -> tuple[int, int]:
+    """(text targets, noisy values) of a batch, known before the forward: what data-parallel ranks
+    all-reduce to weigh every target equally (see `losses(denominators=...)`)."""
+    text = int((batch.text_targets != IGNORE).sum())
+    return text, int(batch.layout.noisy.sum()) * batch.patches.shape[-1]
 
 
 def losses(
@@ -84,20 +105,37 @@ def losses(
     text_weight: float = 1.0,
     image_weight: float = 1.0,
     labels: torch.Tensor | None = None,
+    denominators: tuple[float, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """{'loss', 'text', 'image'}: the weighted total and each modality's mean loss (float32).
+    """{'loss', 'text', 'image', 'text_count', 'image_count'}: the weighted total, each modality's
+    mean loss (float32) and how many targets each has (text tokens; noisy values).
 
     A modality absent from the batch contributes 0 and reports 0. `labels` (NB,) overrides the
-    batch's block labels, e.g. with some dropped to the null class for guidance.
+    batch's block labels (e.g. some dropped to the null class). `denominators` (text, image) divide
+    the summed losses instead of this batch's own counts: data-parallel ranks pass the global
+    counts divided by the world size, so every target weighs the same whatever rank holds it.
     """
     nb = noise_batch(batch, diffusion, generator)
     lay = batch.layout
     out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=batch.block_label if labels is None else labels)
     zero = torch.zeros((), device=nb.patches.device)
-    image = F.mse_loss(out.pred.float(), nb.target.float()) if out.pred is not None else zero
-    text = zero
+    image_sum, image_count = zero, 0
+    if out.pred is not None:
+        image_sum = F.mse_loss(out.pred.float(), nb.target.float(), reduction="sum")
+        image_count = nb.target.numel()
+    text_sum, text_count = zero, 0
     if out.text_logits is not None:
         targets = batch.text_targets[(lay.modality == TEXT) & ~lay.noisy]
-        if (targets != IGNORE).any():
-            text = F.cross_entropy(out.text_logits.float(), targets, ignore_index=IGNORE)
-    return {"loss": text_weight * text + image_weight * image, "text": text.detach(), "image": image.detach()}
+        text_count = int((targets != IGNORE).sum())
+        if text_count:
+            text_sum = F.cross_entropy(out.text_logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    text_den, image_den = denominators or (text_count, image_count)
+    text = text_sum / max(text_den, 1)
+    image = image_sum / max(image_den, 1)
+    return {
+        "loss": text_weight * text + image_weight * image,
+        "text": (text_sum / max(text_count, 1)).detach(),
+        "image": (image_sum / max(image_count, 1)).detach(),
+        "text_count": torch.tensor(text_count),
+        "image_count": torch.tensor(image_count),
+    }

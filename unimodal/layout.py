@@ -111,6 +111,8 @@ class Batch:
     block_label: (NB,) class label of each visual block's document (-1: none).
     block_doc: (NB,) document id of each block. images: one (document id, first block index,
     patch grid) per visual segment, in order, to reassemble images from their blocks.
+    doc_keys: (n_docs,) optional seed per document: its diffusion time and noise are drawn from
+    it, so they do not depend on which documents share the batch or the rank.
     """
 
     layout: Layout
@@ -120,6 +122,7 @@ class Batch:
     block_label: torch.Tensor
     block_doc: torch.Tensor
     images: list[tuple[int, int, tuple[int, int, int]]] = field(default_factory=list)
+    doc_keys: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return replace(

@@ -143,12 +143,21 @@ class Collator:
                 return b
         return None
 
-    def __call__(self, docs: list[Document], rng: np.random.Generator | None = None) -> Batch:
-        """Encode (bad records raise or are skipped and counted, per policy) and pack."""
-        enc = []
-        for i, d in enumerate(docs):
+    def __call__(
+        self,
+        docs: list[Document],
+        rng: np.random.Generator | list[np.random.Generator] | None = None,
+        keys: list[int] | None = None,
+    ) -> Batch:
+        """Encode (bad records raise or are skipped and counted, per policy) and pack. `rng` is one
+        generator for the batch, or one per document (choices then do not depend on batching);
+        `keys` (one int per document) become `Batch.doc_keys`, seeding each document's noise."""
+        rngs = rng if isinstance(rng, list) else [rng] * len(docs)
+        enc, kept = [], []
+        for i, (d, g) in enumerate(zip(docs, rngs, strict=True)):
             try:
-                enc.append(self.encode(d, rng, index=i))
+                enc.append(self.encode(d, g, index=i))
+                kept.append(i)
             except BadRecord as e:
                 self.policy.handle(e)
         if not enc:
@@ -161,6 +170,8 @@ class Collator:
             batch = pack(enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest))
         # the null prompt stands in for dropped text; it is never a text target to learn
         batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE
+        if keys is not None:
+            batch.doc_keys = torch.tensor([keys[i] for i in kept], dtype=torch.long)
         return batch
 
     def decode(self, batch: Batch, patches: torch.Tensor | None = None) -> list[Document]:

@@ -80,7 +80,11 @@ class BatchStream:
     """Shuffled, collated batches forever (epoch after epoch), resumable with `state_dict`.
 
     Map-style documents (a built-in sequence, a non-streaming reader) go through `ShuffledOrder`;
-    a streaming reader through a seeded `ShuffleBuffer`. Ranks see disjoint documents.
+    a streaming reader through a seeded `ShuffleBuffer`. All ranks walk the same global order; each
+    global batch is `batch_size * world_size` consecutive documents and rank r takes the r-th slice.
+    Every document's random choices (collation, diffusion time and noise) are seeded by (seed,
+    batch number, its index in the global batch), so N ranks see exactly the batches one process
+    with the global batch would, split in N.
     """
 
     def __init__(
@@ -93,37 +97,40 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.docs, self.collator, self.batch_size, self.seed = docs, collator, batch_size, seed
-        self.rank = rank
+        self.rank, self.world_size = rank, world_size
         self.batches = 0
-        streaming = isinstance(docs, DocumentReader) and docs.source.streaming
-        if streaming:
-            self.order = ShuffleBuffer(
-                docs.records, shuffle_buffer, seed, transform=docs.decode, rank=rank, world_size=world_size
-            )
+        if isinstance(docs, DocumentReader) and docs.source.streaming:
+            self.order = ShuffleBuffer(docs.records, shuffle_buffer, seed, transform=docs.decode)
         else:
-            self.order = ShuffledOrder(len(docs), seed, rank=rank, world_size=world_size)
-        self._items: Iterator[Document] | None = None
+            self.order = ShuffledOrder(len(docs), seed)
+        self._slots: Iterator[int | Document | None] | None = None
 
-    def _documents(self) -> Iterator[Document]:
-        if isinstance(self.order, ShuffleBuffer):
-            yield from self.order
-            return
-        for i in self.order:
-            doc = self.docs.get(i, self.order.epoch) if isinstance(self.docs, DocumentReader) else self.docs[i]
-            if doc is not None:  # None: a bad record skipped (and counted) by the reader's policy
-                yield doc
+    def _load(self, item: int | Document) -> Document | None:
+        if not isinstance(item, (int, np.integer)):
+            return item
+        if isinstance(self.docs, DocumentReader):  # None: a bad record, skipped and counted by the reader
+            return self.docs.get(int(item), self.order.epoch)
+        return self.docs[int(item)]
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
-        if self._items is None:
-            self._items = self._documents()
-        docs = [next(self._items) for _ in range(self.batch_size)]
-        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        if self._slots is None:  # the global order: indices (map-style) or decoded documents (a stream)
+            self._slots = iter(self.order)
+        slots = [next(self._slots) for _ in range(self.batch_size * self.world_size)]
+        first = self.rank * self.batch_size
+        docs, keys = [], []
+        for i, item in enumerate(slots[first : first + self.batch_size]):
+            doc = self._load(item)
+            if doc is not None:
+                docs.append(doc)
+                keys.append(int(np.random.SeedSequence([self.seed, self.batches, first + i]).generate_state(1)[0]))
         self.batches += 1
-        return self.collator(docs, rng)
+        return self.collator(docs, [np.random.default_rng(k) for k in keys], keys)
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": self.order.state_dict(), "batches": self.batches}
@@ -131,7 +138,7 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
         self.batches = int(state["batches"])
-        self._items = None
+        self._slots = None
 
 
 def batch_stream(cfg: DataConfig | dict[str, Any], tokenizer, model_cfg, rank: int = 0, world_size: int = 1):

@@ -120,8 +120,8 @@ def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
     seeds = [args.seed + j for j in range(args.num)]
     if args.prompt is not None:
         if pipe.tokenizer is None or not cfg.vocab_size:
-            what = "class-conditional (use --class)" if cfg.num_classes else "unconditional"
-            raise CommandError(f"this model has no text (it is {what}), so it cannot take --prompt")
+            hint = f"; it is class-conditional: use --class 0..{cfg.num_classes - 1}" if cfg.num_classes else ""
+            raise CommandError(f"this model has no text, so it cannot take --prompt{hint}")
         rows, kind, stem = args.prompt, "prompt", [f"prompt{i}" for i in range(len(args.prompt))]
         images = pipe.text_to_image([p for p in rows for _ in seeds], seed=seeds * len(rows), **common)
         described = [repr(p) for p in rows]

@@ -21,7 +21,7 @@ def _positions(n: int, seed: int, high: int = 40) -> torch.Tensor:
 
 
 def _rotate(rope: RopeND, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    return rope.apply(x, rope.tables(pos))
+    return rope.rotate(x, rope.tables(pos))
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -87,8 +87,8 @@ class Attention(nn.Module):
     def forward(self, x, rope: RopeND, tables, plan: AttentionPlan, cache: CacheStep | None, layer: int):
         r, n, _ = x.shape
         q, k, v = self.qkv(x).view(r, n, 3, self.heads, self.head_dim).unbind(2)
-        q = rope.apply(self.q_norm(q), tables).transpose(1, 2)
-        k = rope.apply(self.k_norm(k), tables).transpose(1, 2)
+        q = rope.rotate(self.q_norm(q), tables).transpose(1, 2)
+        k = rope.rotate(self.k_norm(k), tables).transpose(1, 2)
         v = v.transpose(1, 2)
         if cache is not None:
             ck, cv = cache.keys(layer)  # views of the buffers: concatenate before this step writes

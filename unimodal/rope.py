@@ -38,7 +38,7 @@ def official_base(axis_len: int) -> float:
 
 
 class RopeND(nn.Module):
-    """Rotary embedding over (t, h, w) positions; `apply(x, pos)` rotates x of shape (..., L, heads, head_dim)."""
+    """Rotary embedding over (t, h, w) positions; `rotate(x, tables(pos))` rotates x of shape (..., L, heads, head_dim)."""
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class RopeND(nn.Module):
         angles = pos[..., self.axis].float() * self.freqs
         return angles.cos().unsqueeze(-2), (angles.sin() * self.sign).unsqueeze(-2)
 
-    def apply(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Rotate x (..., L, heads, head_dim) in float32 and cast back to x's dtype."""
         cos, sin = tables
         xf = x.float()

@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..documents import Document, Image, Text
 from ..layout import IGNORE, TEXT, Batch, EncodedDoc, VisualSegment, pack
 from ..patches import from_blocks, to_blocks
-from .errors import BAD_ARRAY, EMPTY_TEXT, NON_FINITE, TEXT_TOO_LONG, WRONG_SIZE, BadRecord, RecordPolicy
+from .errors import BAD_ARRAY, DOC_TOO_LONG, EMPTY_TEXT, NON_FINITE, WRONG_SIZE, BadRecord, RecordPolicy
 
 
 @dataclass
@@ -134,7 +134,7 @@ class Collator:
             out[-1].append(tok.eos_id)
         enc = EncodedDoc([s for s in out if not isinstance(s, list) or s], label)
         if self.max_len is not None and self.doc_length(enc) > self.max_len:
-            raise bad("segments", TEXT_TOO_LONG, f"{self.doc_length(enc)} tokens, context {self.max_len}")
+            raise bad("segments", DOC_TOO_LONG, f"{self.doc_length(enc)} tokens, context {self.max_len}")
         return enc
 
     def bucket(self, length: int) -> int | None:

@@ -32,6 +32,7 @@ BAD_SLOT = "bad interleaved slot"
 EMPTY_DOCUMENT = "empty document"
 TOO_FEW_FRAMES = "too few frames"
 TEXT_TOO_LONG = "text longer than the context"
+DOC_TOO_LONG = "document longer than the context"
 
 POLICIES = ("raise", "skip")
 

@@ -23,6 +23,7 @@ import sys
 
 from . import __version__
 from .cli_generate import CommandError, add_commands
+from .cli_train import add_commands as add_train_command
 from .config import BLOCK_KINDS, PRESETS, ModelConfig
 
 DEFAULT_PRESET = "micro"
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tokenizer_train, parser=sp)
 
     add_commands(sub)  # generate, caption, embed
+    add_train_command(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Training: recipes, the DeepSpeed trainer, checkpoints and exact resume."""

@@ -1,0 +1,181 @@
+"""The training recipe: one YAML file, validated on load, with dotted overrides.
+
+    unimodal train --config training/configs/shapes-tiny.yaml train.max_steps=200 optim.lr=1e-3
+
+Sections: `model` (a preset plus ModelConfig overrides), `tokenizer`, `data` and `eval_data`
+(unimodal.data.pipeline.DataConfig), `optim`, `schedule`, `loss`, `train`, `ema`, `deepspeed`,
+`sample` and `eval`. Every key is checked on load; an unknown or ill-typed key is an error that
+names it (e.g. `train.max_stepz`). The resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..configtools import apply_overrides, build
+from ..data.pipeline import DataConfig
+
+ROOT = Path(__file__).resolve().parents[2]  # the project checkout: training/, tokenizers_cfg/
+CONFIG_DIR = ROOT / "training" / "configs"
+DEFAULT_RECIPE = "shapes-tiny"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW."""
+
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or len(self.betas) != 2 or self.grad_clip < 0:
+            raise ValueError(f"optim: need lr > 0, two betas and grad_clip >= 0, got {self}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: `wsd` (warmup, stable, decay over the last `decay_fraction`),
+    `cosine` (warmup then cosine to `min_lr_ratio`), or `constant` (after warmup)."""
+
+    kind: str = "wsd"
+    warmup_steps: int = 0
+    decay_fraction: float = 0.15
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("wsd", "cosine", "constant"):
+            raise ValueError(f"schedule.kind must be wsd, cosine or constant, got {self.kind!r}")
+        if not 0 <= self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError(f"schedule: decay_fraction and min_lr_ratio in [0, 1], warmup_steps >= 0: {self}")
+
+
+@dataclass
+class LossConfig:
+    text_weight: float = 1.0
+    image_weight: float = 1.0
+
+
+@dataclass
+class LoopConfig:
+    """The run: length, checkpoints, precision, faults."""
+
+    max_steps: int = 1000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    grad_accum: int = 1
+    precision: str = "bf16"
+    log_every: int = 10
+    max_nonfinite: int = 20
+    num_threads: int = 0
+    inject_nonfinite: list[int] = field(default_factory=list)  # steps whose loss is made NaN (fault drills)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.grad_accum < 1:
+            raise ValueError(
+                "train: max_steps, checkpoint_every, keep_checkpoints and grad_accum must be >= 1, "
+                f"got {self.max_steps}, {self.checkpoint_every}, {self.keep_checkpoints}, {self.grad_accum}"
+            )
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"train.precision must be bf16 or fp32, got {self.precision!r}")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights; `export` picks what the exported model holds."""
+
+    enabled: bool = True
+    decay: float = 0.999
+    export: str = "ema"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay < 1 or self.export not in ("ema", "raw"):
+            raise ValueError(f"ema: decay in (0, 1) and export ema|raw, got {self.decay}, {self.export!r}")
+
+
+@dataclass
+class SampleConfig:
+    """What the run leaves to look at: a grid for fixed prompts (or classes), captions of held-out
+    images; `every` > 0 also writes a grid every that many steps."""
+
+    prompts: list[str] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    per_prompt: int = 4
+    num_steps: int = 10
+    guidance: float = 1.0
+    sampler: str | None = None
+    captions: int = 8
+    every: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """The final evaluation written to metrics.json (`unimodal eval` task names)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["val-loss"])
+    samples: int = 64
+    num_steps: int = 10
+    guidance: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    tokenizer: str | None = None
+    data: DataConfig = field(default_factory=lambda: DataConfig(builtin="shapes"))
+    eval_data: DataConfig | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    deepspeed: str = "training/deepspeed/zero0.json"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def resolve_path(p: str | Path) -> Path:
+    """A path from a recipe: as given if it exists (relative to the working directory), else
+    relative to the project checkout, so recipes run from any directory."""
+    p = Path(p)
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def recipe_path(name_or_path: str | None) -> Path:
+    """A recipe file: a path, or a name in training/configs/ (default: the main job's)."""
+    if name_or_path is None:
+        return CONFIG_DIR / f"{DEFAULT_RECIPE}.yaml"
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """The recipe at `path` (default: the main job) with dotted overrides, validated."""
+    p = recipe_path(str(path) if path is not None else None)
+    if not p.is_file():
+        raise FileNotFoundError(f"training recipe not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from e
+    data = apply_overrides(data, overrides or [])
+    try:
+        return build(TrainConfig, data, "config")
+    except (KeyError, TypeError, ValueError) as e:
+        raise type(e)(f"{p}: {e.args[0] if e.args else e}") from e

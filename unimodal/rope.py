@@ -87,7 +87,7 @@ class RopeND(nn.Module):
         return angles.cos().unsqueeze(-2), (angles.sin() * self.sign).unsqueeze(-2)
 
     def rotate(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Rotate x (..., L, heads, head_dim) in float32 and cast back to x's dtype."""
+        """Rotate x (..., L, heads, head_dim) in x's dtype with tables computed in float32 (as
+        LLaMA-style models do under bf16); float32 inputs are rotated exactly as before."""
         cos, sin = tables
-        xf = x.float()
-        return (xf * cos + xf[..., self.perm] * sin).to(x.dtype)
+        return x * cos.to(x.dtype) + x[..., self.perm] * sin.to(x.dtype)

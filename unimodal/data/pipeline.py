@@ -132,12 +132,31 @@ class BatchStream:
         self.batches += 1
         return self.collator(docs, [np.random.default_rng(k) for k in keys], keys)
 
+    def policies(self) -> dict[str, Any]:
+        """The bad-record policies that count skips: the collator's, and the reader's for files."""
+        out = {"collate": self.collator.policy}
+        if isinstance(self.docs, DocumentReader):
+            out["reader"] = self.docs.policy
+        return out
+
+    def skipped(self) -> dict[str, Any]:
+        """What was skipped so far, by stage ({stage: RecordPolicy.report()})."""
+        return {k: p.report() for k, p in self.policies().items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "batches": self.batches}
+        """Order position, batches served and skip counts: what exact resumption needs."""
+        return {
+            "order": self.order.state_dict(),
+            "batches": self.batches,
+            "policies": {k: p.state_dict() for k, p in self.policies().items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
         self.batches = int(state["batches"])
+        for k, p in self.policies().items():
+            if k in state.get("policies", {}):
+                p.load_state_dict(state["policies"][k])
         self._slots = None
 
 

@@ -100,7 +100,7 @@ def finalize(trainer) -> None:
     metrics = {
         "steps": trainer.step,
         "nonfinite_skipped": trainer.nonfinite,
-        "bad_records_skipped": trainer.stream.collator.policy.report(),
+        "bad_records_skipped": trainer.stream.skipped(),
         **validation_loss(pipe.model, eval_stream, Diffusion(trainer.model_cfg.diffusion), n_batches),
     }
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

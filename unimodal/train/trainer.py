@@ -161,7 +161,6 @@ class Trainer:
             "nonfinite": self.nonfinite,
             "ema": self.ema.state_dict() if self.ema else None,
             "data": self.stream.state_dict(),
-            "policy": self.stream.collator.policy.state_dict(),
             "rng": checkpoint.rng_state(),
         }
 
@@ -179,7 +178,6 @@ class Trainer:
         if self.ema is not None and extra["ema"] is not None:
             self.ema.load_state_dict(extra["ema"])
         self.stream.load_state_dict(extra["data"])
-        self.stream.collator.policy.load_state_dict(extra["policy"])
         checkpoint.set_rng_state(extra["rng"])
         self.log(f"resumed from {path} at step {self.step}")
         return True

@@ -162,3 +162,31 @@ def test_embed_and_round_trip(tok, tmp_path):
     b = again.text_to_image(PROMPTS, seed=0, output_type="np")
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert pipe.caption(images, max_new_tokens=4) == again.caption(images, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("window", [None, 1])
+def test_video_continuation_cached_equals_uncached(tok, window):
+    """Given 2 frames, continue to 6 (the model's clips have 4): blocks of whole frames, with and
+    without a sliding window over earlier blocks."""
+    model = random_model(tok, frames=4, block_kind="frames", block_size=1)
+    pipe = Pipeline(model, tok, num_steps=2)
+    clip = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    kw = dict(num_frames=6, prompts=["a red circle moving right"], window=window, seed=3, output_type="np")
+    a = pipe.continue_video([clip], use_cache=True, **kw)[0]
+    b = pipe.continue_video([clip], use_cache=False, **kw)[0]
+    assert a.shape == (6, 8, 8, 3)
+    assert np.abs(a - b).max() < TOL
+    np.testing.assert_allclose(a[:2], clip / 127.5 - 1, atol=1e-6)  # the given frames are kept as given
+
+
+def test_video_window_bounds_the_context(tok):
+    model = random_model(tok, frames=4, block_kind="frames", block_size=1)
+    pipe = Pipeline(model, tok, num_steps=2)
+    clip = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    kw = dict(num_frames=5, prompts=["a red circle"], seed=3, output_type="np")
+    full = pipe.continue_video([clip], **kw)[0]
+    windowed = pipe.continue_video([clip], window=1, **kw)[0]
+    np.testing.assert_array_equal(full[2], pipe.continue_video([clip], window=2, **kw)[0][2])  # frame 2 sees 2 blocks
+    assert np.abs(full[2] - windowed[2]).max() > 1e-3  # with a window of 1, frame 2 no longer sees frame 0
+    with pytest.raises(ValueError, match="whole blocks"):
+        pipe.continue_video([clip], num_frames=2)

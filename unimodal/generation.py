@@ -68,6 +68,7 @@ class Engine:
         self.cache = model.new_cache(rows, max_len) if use_cache else None
         self.history: list[dict[str, torch.Tensor]] = [{} for _ in range(rows)]  # uncached: committed tokens
         self.grid: tuple[int, int, int] | None = None
+        self.blocks: list[dict[int, torch.Tensor]] = [{} for _ in range(rows)]  # committed clean blocks
 
     # ------------------------------------------------------------------------------- one forward
 
@@ -86,6 +87,7 @@ class Engine:
         for c, s, keep in zip(cache_rows, segs, commit, strict=True):
             if keep:
                 self._advance(c, s)
+                self.blocks[c].update({b.k: b.x for b in s if isinstance(b, BlockSeg) and not b.noisy})
         if self.use_cache:
             starts = [0] * len(chunks)
             lay, tokens, patches, commit_mask = self._pack(chunks, commit)
@@ -206,11 +208,11 @@ class Engine:
             self.unit[c] = self.image_unit[c] + n
             self.index[c] = self.image_index[c] + max(self.grid)
 
-    def prefill_image(self, cache_rows: list[int], blocks: torch.Tensor) -> None:
-        """Commit a given image's clean blocks (rows, N, B, D) in one forward."""
-        segs = [
-            [BlockSeg(k, blocks[q, k], noisy=False) for k in range(blocks.shape[1])] for q in range(len(cache_rows))
-        ]
+    def prefill_image(self, cache_rows: list[int], blocks: torch.Tensor, first: int = 0) -> None:
+        """Commit given clean blocks (rows, n, B, D), blocks first..first+n-1 of the current image,
+        in one forward."""
+        n = blocks.shape[1]
+        segs = [[BlockSeg(first + k, blocks[q, k], noisy=False) for k in range(n)] for q in range(len(cache_rows))]
         self.run(cache_rows, segs, [True] * len(cache_rows))
 
     def generate_image(
@@ -222,22 +224,28 @@ class Engine:
         mode: str | None = None,
         labels: torch.Tensor | None = None,
         commit_last: bool = True,
+        first: int = 0,
+        window: int | None = None,
     ) -> torch.Tensor:
-        """Generate the current image of `rows` block by block; returns clean blocks (rows, N, B, D).
+        """Generate blocks `first`.. of the current image of `rows`; returns them (rows, n, B, D).
 
-        mode None: no guidance; "class": branches share the cache rows, the unconditional one uses
-        the null label; "text": the unconditional branch uses cache rows `rows + len(documents)`.
+        Blocks before `first` must already be committed (given frames to continue). mode None: no
+        guidance; "class": branches share the cache rows, the unconditional one uses the null
+        label; "text": the unconditional branch uses cache rows `rows + len(documents)`. `window`
+        keeps only that many earlier blocks of this image in the context (a bounded cache for
+        long videos; the prompt stays).
         """
         n_blocks, b, d = self.block_pos.shape[0], self.block_pos.shape[1], self.cfg.patch_dim
         g = len(rows)
         null = torch.full((g,), -1, dtype=torch.long)
         y = labels if labels is not None else null
         uncond_rows = self.uncond_rows(rows) if mode == "text" else rows
-        clean: list[torch.Tensor] = []
+        both = rows + (uncond_rows if mode == "text" else [])
+        clean: list[torch.Tensor] = []  # blocks generated here; the last one is not committed yet
 
         def fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            k = len(clean)
-            prev = [BlockSeg(k - 1, clean[-1][q], noisy=False) for q in range(g)] if (i == 0 and k > 0) else None
+            k = first + len(clean)
+            prev = [BlockSeg(k - 1, clean[-1][q], noisy=False) for q in range(g)] if (i == 0 and clean) else None
             guided = guidance is not None and mode is not None and guidance.needs_uncond(i, sampler.num_calls, t)
             branches = [(rows, y, True)]
             if guided or (prev is not None and mode == "text"):  # text mode: keep the null-prompt cache in step
@@ -256,14 +264,36 @@ class Engine:
                 return pred[:g]
             return apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, t))
 
-        for _ in range(n_blocks):
+        for k in range(first, n_blocks):
+            if window is not None and k - window > 0:
+                self.evict(both, 0, k - window)  # block k-1 is committed with block k's first step
             noise = torch.cat([torch.randn((1, b, d), generator=gen) for gen in generators])
             clean.append(sampler.sample(fn, noise, generators))
-        if commit_last:
-            last = [[BlockSeg(n_blocks - 1, clean[-1][q], noisy=False)] for q in range(g)]
-            both = rows + (self.uncond_rows(rows) if mode == "text" else [])
-            self.run(both, last * (2 if mode == "text" else 1), [True] * len(both))
+        if commit_last and clean:
+            last = [BlockSeg(n_blocks - 1, clean[-1][q], noisy=False) for q in range(g)]
+            self.run(both, [[seg] for seg in last * (len(both) // g)], [True] * len(both))
         return torch.stack(clean, dim=1)
+
+    def evict(self, cache_rows: list[int], lo: int, hi: int) -> None:
+        """Drop blocks lo..hi-1 of the rows' current image from their context.
+
+        The blocks kept after them are re-encoded as if the context started there (uncached: the
+        history is simply recomputed without the dropped blocks; cached: the kept blocks are
+        removed and prefilled again), so both paths compute the same thing and no cached value
+        carries information from a dropped block."""
+        kept = sorted(k for k in self.blocks[cache_rows[0]] if k >= hi)
+        for c in cache_rows:
+            u0 = int(self.image_unit[c])
+            self.blocks[c] = {k: v for k, v in self.blocks[c].items() if k >= hi}
+            if self.use_cache:
+                self.cache.evict(c, u0 + lo, u0 + (kept[-1] + 1 if kept else hi))
+            elif self.history[c]:
+                h = self.history[c]
+                keep = (h["unit"] < u0 + lo) | (h["unit"] >= u0 + hi)
+                self.history[c] = {k: v[keep] for k, v in h.items()}
+        if self.use_cache and kept:
+            values = torch.stack([torch.stack([self.blocks[c][k] for k in kept]) for c in cache_rows])
+            self.prefill_image(cache_rows, values, first=kept[0])
 
     def uncond_rows(self, rows: list[int]) -> list[int]:
         """Text-guidance mode: the cache rows of the unconditional branch (the second half)."""

@@ -37,6 +37,22 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def evict(self, row: int, lo_unit: int, hi_unit: int) -> int:
+        """Remove row `row`'s cached tokens with lo_unit <= unit < hi_unit and close the gap (a
+        sliding window over earlier blocks); returns how many were removed."""
+        n = int(self.length[row])
+        unit = self.unit[row, :n]
+        keep = ((unit < lo_unit) | (unit >= hi_unit)).nonzero().squeeze(1)
+        m = keep.numel()
+        if m == n:
+            return 0
+        self.k[:, row, :, :m] = self.k[:, row, :, keep]
+        self.v[:, row, :, :m] = self.v[:, row, :, keep]
+        self.doc[row, :m], self.unit[row, :m] = self.doc[row, keep], self.unit[row, keep]
+        self.doc[row, m:n] = EMPTY
+        self.length[row] = m
+        return n - m
+
     def begin(self, layout, commit: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> CacheStep:
         """Open one forward's access: query row r reads cache row `rows[r]` (default r) and appends
         its tokens flagged in `commit` (R, n; clean tokens only) there."""

@@ -193,6 +193,73 @@ class Pipeline:
         )
 
     @torch.no_grad()
+    def continue_video(
+        self,
+        clips: Sequence,
+        num_frames: int,
+        prompts: Sequence[str] | None = None,
+        window: int | None = None,
+        num_steps: int | None = None,
+        guidance: float | GuidanceSchedule | GuidanceConfig | None = None,
+        seed: int | Sequence[int] = 0,
+        use_cache: bool = True,
+        sampler: str | None = None,
+        output_type: str = "pil",
+    ) -> list:
+        """Continue each clip (T0, H, W, C) to `num_frames` frames, past the training length if asked.
+
+        The given frames (whole blocks) are prefilled through the cache after `<bos> prompt <boi>`;
+        the remaining blocks are generated in order. `window` keeps only that many earlier blocks
+        in the context (the prompt stays), bounding the cache for long videos. Returns the whole
+        clips: lists of PIL frames, or float arrays (T, H, W, C) with output_type "np"."""
+        from .patches import to_blocks
+
+        n = len(clips)
+        x = [Image(c).to_tensor() for c in clips]
+        t0, _, h, w = x[0].shape
+        if any(c.shape != x[0].shape for c in x):
+            raise ValueError("continue_video: every clip must have the same shape")
+        p, spec = self.cfg.patch_size, self.cfg.block_spec
+        grid = (num_frames, h // p, w // p)
+        per_block = spec.block_len(grid)
+        if (t0 * grid[1] * grid[2]) % per_block or num_frames <= t0:
+            raise ValueError(
+                f"continue_video: {t0} given frames must be whole blocks ({per_block} patches per block) and "
+                f"num_frames ({num_frames}) must exceed them"
+            )
+        blocks = torch.stack([to_blocks(c, p, spec)[0] for c in x])  # (n, given blocks, B, D)
+        schedule = _guidance(self.guidance if guidance is None else guidance)
+        tok = self.tokenizer if self.cfg.vocab_size else None
+        mode = "text" if schedule is not None and tok is not None else None
+        prefixes = [[tok.bos_id, *tok.encode(q), tok.boi_id] for q in (prompts or [""] * n)] if tok else []
+        keep = spec.num_blocks(grid) if window is None else window + 1
+        longest = max((len(q) for q in prefixes), default=0)
+        eng = Engine(self.model, 2 * n if mode else n, longest + 4 + (keep + blocks.shape[1]) * per_block, use_cache)
+        rows = list(range(n))
+        both = rows + (eng.uncond_rows(rows) if mode else [])
+        if prefixes:
+            eng.text(rows, prefixes)
+        if mode:
+            eng.text(eng.uncond_rows(rows), [[tok.bos_id, tok.null_id, tok.boi_id]] * n)
+        eng.begin_image(both, grid)
+        eng.prefill_image(both, torch.cat([blocks] * (len(both) // n)))
+        new = eng.generate_image(
+            rows,
+            self._sampler(sampler, num_steps),
+            _generators(seed, n),
+            schedule,
+            mode,
+            None,
+            commit_last=False,
+            first=blocks.shape[1],
+            window=window,
+        )
+        videos = from_blocks(torch.cat([blocks.to(new.dtype), new], dim=1), grid, p, spec)
+        if output_type == "np":
+            return [v.permute(0, 2, 3, 1).numpy() for v in videos]
+        return [[PILImage.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in to_uint8(v)] for v in videos]
+
+    @torch.no_grad()
     def caption(
         self,
         images: Sequence,

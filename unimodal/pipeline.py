@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from .codec import Codec, load_codec
 from .data.collate import Collator, to_uint8
 from .decoding import TextSampling, next_tokens
 from .documents import Document, Image, Text
@@ -64,8 +65,10 @@ class Pipeline:
         num_steps: int = 25,
         guidance: float | GuidanceSchedule | GuidanceConfig | None = None,
         sampler_options: dict | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.model = model.eval()
+        self.codec = codec  # a latent model's autoencoder: generated latents are decoded to pixels
         self.tokenizer = tokenizer
         self.sampler = sampler or DEFAULT_SAMPLER[model.cfg.diffusion]
         self.num_steps = num_steps
@@ -80,7 +83,7 @@ class Pipeline:
         if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
             path = path / "model"
         model, tokenizer = load_pretrained(path, allow_pickle=allow_pickle, device=device)
-        return cls(model, tokenizer, **kw)
+        return cls(model, tokenizer, **{"codec": load_codec(path, device=device), **kw})
 
     # --------------------------------------------------------------------------------- helpers
 
@@ -106,6 +109,8 @@ class Pipeline:
         """Generated blocks (n, N, B, D) as PIL images (uint8), or with output_type "np" as float32
         arrays (H, W, C) or (T, H, W, C) in the model's value range, unrounded."""
         images = from_blocks(blocks, self.cfg.grid, self.cfg.patch_size, self.cfg.block_spec)
+        if self.codec is not None:
+            images = self.codec.decode(images)
         if output_type == "np":
             return [x.permute(0, 2, 3, 1).squeeze(0).numpy() for x in images]
         if output_type != "pil":

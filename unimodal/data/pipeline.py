@@ -73,6 +73,10 @@ def build_documents(cfg: DataConfig) -> Sequence[Document] | DocumentReader:
     """The configured documents: a built-in dataset or a reader over local files."""
     if cfg.builtin is not None:
         return load_builtin(cfg.builtin, split=cfg.split, task=cfg.task, seed=cfg.seed, n=cfg.n, **cfg.options)
+    if cfg.source.get("format") == "latents":  # cached autoencoder latents (`unimodal latents encode`)
+        from .latents import load_latents
+
+        return load_latents(cfg.source)
     return load_documents(DataSource.from_dict(cfg.source))
 
 

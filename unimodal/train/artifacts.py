@@ -90,7 +90,7 @@ def finalize(trainer) -> None:
         docs = [eval_stream.docs[i] for i in range(min(s.captions, len(eval_stream.docs)))]
         images = [next(seg for seg in d.segments if isinstance(seg, Image)) for d in docs]
         refs = [" ".join(seg.text for seg in d.segments if isinstance(seg, Text)) for d in docs]
-        got = pipe.caption([im.data for im in images], max_new_tokens=48)
+        got = pipe.caption(images, max_new_tokens=48)
         (out / "captions.json").write_text(
             json.dumps([{"reference": r, "caption": c} for r, c in zip(refs, got, strict=True)], indent=2) + "\n"
         )

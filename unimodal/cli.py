@@ -22,7 +22,9 @@ import os
 import sys
 
 from . import __version__
+from .cli_eval import add_commands as add_eval_command
 from .cli_generate import CommandError, add_commands
+from .cli_latents import add_commands as add_latents_commands
 from .cli_train import add_commands as add_train_command
 from .config import BLOCK_KINDS, PRESETS, ModelConfig
 
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)  # generate, caption, embed
     add_train_command(sub)
+    add_latents_commands(sub)  # latents encode, info, attach
+    add_eval_command(sub)
     return p
 
 

@@ -38,7 +38,7 @@ def official_base(axis_len: int) -> float:
 
 
 class RopeND(nn.Module):
-    """Rotary embedding over (t, h, w) positions; `rotate(x, tables(pos))` rotates x of shape (..., L, heads, head_dim)."""
+    """Rotary embedding over (t, h, w) positions: `rotate(x, tables(pos))` for x (..., L, heads, head_dim)."""
 
     def __init__(
         self,

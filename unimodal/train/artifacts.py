@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
 
-from ..diffusion import Diffusion, losses
 from ..documents import Image, Text
 
 
@@ -46,25 +44,10 @@ def loss_plot(metrics_jsonl: Path, out: Path) -> None:
     plt.close(fig)
 
 
-@torch.no_grad()
-def validation_loss(model, stream, diffusion: Diffusion, batches: int) -> dict[str, float]:
-    """Mean text and image loss over `batches` held-out batches (per-document seeded noise)."""
-    totals = {"text": 0.0, "image": 0.0, "text_count": 0, "image_count": 0}
-    for _ in range(batches):
-        out = losses(model, next(stream), diffusion)
-        for k in ("text", "image"):
-            n = int(out[f"{k}_count"])
-            totals[k] += out[k].item() * n
-            totals[f"{k}_count"] += n
-    return {
-        "text_loss": totals["text"] / max(totals["text_count"], 1),
-        "image_loss": totals["image"] / max(totals["image_count"], 1),
-    }
-
-
 def finalize(trainer) -> None:
     """Samples, captions, plot and metrics.json for a finished run (rank 0)."""
-    from ..data.pipeline import batch_stream
+    from ..data.pipeline import build_documents
+    from ..eval.tasks import run_tasks
     from ..pipeline import Pipeline
     from .trainer import eval_config
 
@@ -84,10 +67,9 @@ def finalize(trainer) -> None:
             (cols * 4 * grid_images[0].size[0], -(-len(grid_images) // cols) * 4 * grid_images[0].size[1]),
             PILImage.NEAREST,
         ).save(out / "samples.png")
-    held = eval_config(cfg)
-    eval_stream = batch_stream(held, trainer.tokenizer, trainer.model_cfg)
     if s.captions and pipe.tokenizer is not None:
-        docs = [eval_stream.docs[i] for i in range(min(s.captions, len(eval_stream.docs)))]
+        held = build_documents(eval_config(cfg))
+        docs = [held[i] for i in range(min(s.captions, len(held)))]
         images = [next(seg for seg in d.segments if isinstance(seg, Image)) for d in docs]
         refs = [" ".join(seg.text for seg in d.segments if isinstance(seg, Text)) for d in docs]
         got = pipe.caption(images, max_new_tokens=48)
@@ -96,15 +78,22 @@ def finalize(trainer) -> None:
         )
     if (out / "metrics.jsonl").is_file():
         loss_plot(out / "metrics.jsonl", out / "loss.png")
-    n_batches = max(1, cfg.eval.samples // held.batch_size)
+    pipe.name_or_path = str(out)
     metrics = {
         "steps": trainer.step,
         "nonfinite_skipped": trainer.nonfinite,
         "bad_records_skipped": trainer.stream.skipped(),
-        **validation_loss(pipe.model, eval_stream, Diffusion(trainer.model_cfg.diffusion), n_batches),
     }
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     if rows:
         metrics["tokens_per_s_mean"] = float(np.mean([r["tokens_per_s"] for r in rows[len(rows) // 10 :]]))
+    metrics["eval"] = run_tasks(
+        pipe,
+        cfg.eval.tasks,
+        samples=cfg.eval.samples,
+        num_steps=cfg.eval.num_steps,
+        guidance=cfg.eval.guidance,
+        sampler=cfg.sample.sampler,
+    )
     metrics["finalize_s"] = round(time.time() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -11,6 +11,7 @@ names it (e.g. `train.max_stepz`). The resolved config is saved in the run direc
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,9 @@ class LoopConfig:
     log_every: int = 10
     max_nonfinite: int = 20
     num_threads: int = 0
-    inject_nonfinite: list[int] = field(default_factory=list)  # steps whose loss is made NaN (fault drills)
+    # fault drills: micro-batches whose loss is made NaN, numbered from 0 over the run with skipped ones
+    # included (while nothing was skipped and grad_accum is 1, micro-batch k is step k's)
+    inject_nonfinite: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.grad_accum < 1:
@@ -176,6 +179,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(f"{p}: not valid YAML ({e})") from e
     data = apply_overrides(data, overrides or [])
     try:
-        return build(TrainConfig, data, "config")
+        cfg = build(TrainConfig, data, "config")
+        check_references(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise type(e)(f"{p}: {e.args[0] if e.args else e}") from e
+    return cfg
+
+
+def check_references(cfg: TrainConfig) -> None:
+    """What the dataclasses cannot check alone, checked on load rather than after the engine
+    starts: the model preset and its overrides, and the DeepSpeed JSON file."""
+    from ..config import PRESETS, ModelConfig
+
+    m = dict(cfg.model)
+    preset = m.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise KeyError(f"config.model.preset: unknown preset {preset!r}; presets are {sorted(PRESETS)}")
+    try:
+        ModelConfig.from_preset(preset, **m) if preset else ModelConfig.from_dict(m, source="config.model")
+    except (KeyError, TypeError, ValueError) as e:
+        raise type(e)(f"config.model: {e.args[0] if e.args else e}") from e
+    path = resolve_path(cfg.deepspeed)
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"config.deepspeed: cannot read {path}: {e}") from e
+    if not isinstance(ds, dict):
+        raise ValueError(f"config.deepspeed: {path} must hold a JSON object, got {type(ds).__name__}")

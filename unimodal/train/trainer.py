@@ -190,6 +190,7 @@ class Trainer:
 
     def micro_step(self) -> tuple[dict[str, float], int] | None:
         """Forward and backward of one micro-batch; None if its loss was not finite (skipped)."""
+        index = self.stream.batches  # this micro-batch's number in the run, skipped ones included
         batch = self.stream.__next__().to(self.device)
         counts = torch.tensor(target_counts(batch), dtype=torch.float64)
         if self.world > 1:
@@ -206,7 +207,7 @@ class Trainer:
                 denominators=denominators,
             )
         loss = out["loss"]
-        if self.step in self.cfg.train.inject_nonfinite:
+        if index in self.cfg.train.inject_nonfinite:
             loss = loss * float("nan")
         finite = torch.tensor(float(torch.isfinite(loss)))
         if self.world > 1:
@@ -329,7 +330,14 @@ class Trainer:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("rope.")]:
             raise RuntimeError(f"export: state does not match the model ({missing}, {unexpected})")
-        return save_pretrained(model, self.out / "model", self.tokenizer)
+        path = save_pretrained(model, self.out / "model", self.tokenizer)
+        source = self.cfg.data.source or {}
+        if source.get("format") == "latents":  # the model generates latents: ship their autoencoder
+            from ..codec import save_codec
+            from ..data.latents import codec_of
+
+            save_codec(path, codec_of(source["path"]))
+        return path
 
 
 def run(cfg: TrainConfig, out: str | Path, resume: str | None = None) -> int:

@@ -43,5 +43,7 @@ def add_commands(sub) -> None:
     sp.add_argument(
         "--resume", metavar="auto|PATH", help="continue from the newest complete checkpoint (auto) or a checkpoint"
     )
+    # the `deepspeed` launcher passes --local_rank to every process; the rank comes from the environment
+    sp.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     sp.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     sp.set_defaults(func=cmd_train, parser=sp)

@@ -49,6 +49,11 @@ def _check(value: Any, typ: Any, where: str) -> Any:
         return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(typ, type) and isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
     raise TypeError(f"{where}: expected {getattr(typ, '__name__', typ)}, got {value!r} ({type(value).__name__})")

@@ -188,8 +188,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- step
 
-    def micro_step(self) -> tuple[dict[str, float], int] | None:
-        """Forward and backward of one micro-batch; None if its loss was not finite (skipped)."""
+    def micro_step(self) -> tuple[dict[str, float], float] | None:
+        """Forward and backward of one micro-batch: (global stats, global tokens), or None when
+        its loss was not finite on some rank (then no rank calls backward: skipped)."""
         index = self.stream.batches  # this micro-batch's number in the run, skipped ones included
         batch = self.stream.__next__().to(self.device)
         counts = torch.tensor(target_counts(batch), dtype=torch.float64)
@@ -209,42 +210,67 @@ class Trainer:
         loss = out["loss"]
         if index in self.cfg.train.inject_nonfinite:
             loss = loss * float("nan")
-        finite = torch.tensor(float(torch.isfinite(loss)))
+        tc, ic = out["text_count"].double(), out["image_count"].double()
+        # one all-reduce: finite flags, the loss shares, and the sums behind the global means
+        g = torch.stack(
+            [
+                torch.isfinite(loss).double(),
+                loss.detach().double(),
+                out["text"].double() * tc,
+                tc,
+                out["image"].double() * ic,
+                ic,
+                torch.tensor((batch.layout.doc >= 0).sum().item()).double(),
+            ]
+        )
         if self.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not finite.item():
+            dist.all_reduce(g)
+        if g[0].item() < self.world:
             return None
         self.engine.backward(loss)
         self.engine.step()
-        tokens = int((batch.layout.doc >= 0).sum())
-        return {"loss": loss.item(), "text": out["text"].item(), "image": out["image"].item()}, tokens
+        stats = {
+            "loss": g[1].item(),
+            "text": (g[2] / g[3].clamp(min=1)).item(),
+            "image": (g[4] / g[5].clamp(min=1)).item(),
+        }
+        return stats, g[6].item()
 
-    def train_step(self) -> dict[str, float] | None:
-        """One optimizer step (grad_accum good micro-batches); None when the step was skipped."""
-        stats, tokens = [], 0
-        for _ in range(self.cfg.train.grad_accum):
+    def train_step(self, on_skip=None) -> dict[str, float]:
+        """One optimizer step of grad_accum good micro-batches. A micro-batch with a non-finite
+        loss is skipped, counted (`on_skip(count)`) and replaced by the next one, so DeepSpeed's
+        accumulation window stays aligned. Raises after max_nonfinite skips in a row."""
+        stats, tokens = [], 0.0
+        while len(stats) < self.cfg.train.grad_accum:
             r = self.micro_step()
             if r is None:
                 self.nonfinite += 1
                 self.nonfinite_run += 1
+                if on_skip is not None:
+                    on_skip(self.nonfinite)
                 if self.nonfinite_run >= self.cfg.train.max_nonfinite:
                     raise NonFiniteLossError(
                         f"{self.nonfinite_run} non-finite losses in a row at step {self.step}; stopping. The last "
                         f"good checkpoint is intact under {self.ckpt_root} (resume with --resume auto after fixing "
                         "the cause: lower the learning rate, check the data)"
                     )
-                return None
+                continue
+            self.nonfinite_run = 0
             stats.append(r[0])
             tokens += r[1]
-        self.nonfinite_run = 0
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        mean = {k: sum(x[k] for x in stats) / len(stats) for k in stats[0]}
         mean["tokens"] = tokens
         return mean
 
     # ------------------------------------------------------------------------------ run
+
+    def _log_skip(self, metrics, n: int) -> None:
+        if metrics:
+            metrics.write(json.dumps({"step": self.step, "skipped": "nonfinite", "nonfinite": n}) + "\n")
+            metrics.flush()
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -261,21 +287,12 @@ class Trainer:
         t_last, tok_last = time.perf_counter(), 0
         try:
             while self.step < cfg.max_steps:
-                stats = self.train_step()
-                if stats is None:
-                    if metrics:
-                        metrics.write(
-                            json.dumps({"step": self.step, "skipped": "nonfinite", "nonfinite": self.nonfinite}) + "\n"
-                        )
-                    continue
-                tokens = torch.tensor(float(stats.pop("tokens")))
-                if self.world > 1:
-                    dist.all_reduce(tokens)
-                tok_last += tokens.item()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+                stats = self.train_step(on_skip=lambda n: self._log_skip(metrics, n))
+                tok_last += stats.pop("tokens")
                 now = time.perf_counter()
                 tps = tok_last / max(now - t_last, 1e-9)
                 t_last, tok_last = now, 0
-                lr = self.scheduler.get_last_lr()[0]
                 if metrics:
                     row = {
                         "step": self.step,

@@ -50,7 +50,7 @@ def run_tasks(
 
     A task that raises (a bug, not a misfit: misfits are skipped) is reported with `"error"` and
     its traceback instead of stopping the others."""
-    names = list(names or TASK_NAMES)
+    names = list(TASK_NAMES) if names is None else list(names)
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise KeyError(f"unknown task(s) {unknown}; tasks are {list(TASK_NAMES)}")

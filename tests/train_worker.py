@@ -3,9 +3,8 @@
     torchrun --standalone --nproc_per_node 2 tests/train_worker.py --out DIR [section.key=value ...]
     deepspeed --num_gpus 2 tests/train_worker.py --out DIR [section.key=value ...]
 
-- Every rank appends its own per-step stats to `DIR/losses-rank{r}.jsonl`. With the global
-  denominators each rank's `loss` is its share of the global loss, so the mean over ranks is the
-  loss one process computes on the whole global batch (metrics.jsonl holds rank 0's share only).
+- Every rank appends the per-step stats it computed to `DIR/losses-rank{r}.jsonl` (the trainer
+  all-reduces them, so every rank holds the loss one process computes on the whole global batch).
 - `UNIMODAL_TEST_CRASH_IN_SAVE=N`: the process SIGKILLs itself inside the checkpoint write of
   step N, right after DeepSpeed wrote its shards and before the extras and the COMPLETE marker.
 """
@@ -25,11 +24,10 @@ def main() -> int:
 
     train_step = Trainer.train_step
 
-    def logged_train_step(self):
-        stats = train_step(self)
-        if stats is not None:
-            with open(self.out / f"losses-rank{self.rank}.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **stats}) + "\n")
+    def logged_train_step(self, **kw):
+        stats = train_step(self, **kw)
+        with open(self.out / f"losses-rank{self.rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **stats}) + "\n")
         return stats
 
     Trainer.train_step = logged_train_step

@@ -230,7 +230,7 @@ class Trainer:
         self.engine.backward(loss)
         self.engine.step()
         stats = {
-            "loss": g[1].item(),
+            "loss": g[1].item() / self.world,  # each rank holds world x its part of the global mean
             "text": (g[2] / g[3].clamp(min=1)).item(),
             "image": (g[4] / g[5].clamp(min=1)).item(),
         }

@@ -280,8 +280,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg.train
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._on_signal)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True)
         t_last, tok_last = time.perf_counter(), 0
@@ -325,6 +324,8 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            for s, handler in previous.items():  # after training, signals stop the process again
+                signal.signal(s, handler)
         return 0
 
     # --------------------------------------------------------------------------- export

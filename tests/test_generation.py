@@ -190,3 +190,15 @@ def test_video_window_bounds_the_context(tok):
     assert np.abs(full[2] - windowed[2]).max() > 1e-3  # with a window of 1, frame 2 no longer sees frame 0
     with pytest.raises(ValueError, match="whole blocks"):
         pipe.continue_video([clip], num_frames=2)
+
+
+def test_interval_guidance_applies_to_eps_models():
+    """Intervals are in unit time for every parameterisation (DDPM steps 0..999 included)."""
+    from unimodal.guidance import IntervalGuidance
+
+    pipe = Pipeline(random_model(None, num_classes=4, diffusion="ddpm_eps", block_size=4), None, num_steps=3)
+    plain = pipe.class_to_image([1], seed=0, output_type="np")[0]
+    everywhere = pipe.class_to_image([1], seed=0, guidance=IntervalGuidance(4.0, 0.0, 1.0), output_type="np")[0]
+    constant = pipe.class_to_image([1], seed=0, guidance=4.0, output_type="np")[0]
+    assert np.abs(everywhere - plain).max() > 1e-3
+    np.testing.assert_array_equal(everywhere, constant)

@@ -242,11 +242,12 @@ class Engine:
         uncond_rows = self.uncond_rows(rows) if mode == "text" else rows
         both = rows + (uncond_rows if mode == "text" else [])
         clean: list[torch.Tensor] = []  # blocks generated here; the last one is not committed yet
+        unit_t = sampler.unit_timesteps  # guidance intervals are stated in [0, 1] (1 = noise) for every model
 
         def fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             k = first + len(clean)
             prev = [BlockSeg(k - 1, clean[-1][q], noisy=False) for q in range(g)] if (i == 0 and clean) else None
-            guided = guidance is not None and mode is not None and guidance.needs_uncond(i, sampler.num_calls, t)
+            guided = mode is not None and guidance is not None and guidance.needs_uncond(i, len(unit_t), unit_t[i])
             branches = [(rows, y, True)]
             if guided or (prev is not None and mode == "text"):  # text mode: keep the null-prompt cache in step
                 branches.append((uncond_rows, null, mode == "text"))
@@ -262,7 +263,7 @@ class Engine:
             pred = pred.float().cpu()
             if not guided:
                 return pred[:g]
-            return apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, t))
+            return apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, unit_t[i]))
 
         for k in range(first, n_blocks):
             if window is not None and k - window > 0:

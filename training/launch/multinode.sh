@@ -33,7 +33,8 @@ usage: training/launch/multinode.sh -c RECIPE -o RUN_DIR [-H HOSTFILE] [-n NODES
   -m, --master-addr ADDR   address of rank 0, reachable from every node (default: the first host)
   -p, --master-port PORT   rendezvous port on the master (default: $MASTER_PORT, else 29500)
   -x, --ds-arg ARG         one more argument for the deepspeed launcher (repeatable), e.g.
-                           -x --launcher=slurm (no pdsh/ssh), -x --no_ssh_check, -x --ssh_port=2222
+                           -x --launcher=slurm -x --no_ssh_check (srun instead of pdsh/ssh),
+                           -x --no_ssh_check (one node, no ssh server), -x --ssh_port=2222
       --dry-run            print the deepspeed command and exit
   --  OVERRIDE ...         recipe overrides, dotted keys (e.g. data.batch_size=16 train.grad_accum=2)
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from unimodal import Document, Image, ModelConfig, Text
 from unimodal.data import load_builtin
@@ -168,3 +169,19 @@ def test_digits_documents():
     assert load_builtin("digits", split="test", n=5)[4].meta == DigitsDataset("test")[4].meta
     with pytest.raises(KeyError, match="unknown built-in"):
         load_builtin("mnist")
+
+
+def test_class_only_model_without_tokenizer():
+    """The paper's setting (vocab 0, class labels through AdaLN): text is dropped, no specials, and
+    the batch trains through the losses."""
+    from unimodal import UnifiedModel
+    from unimodal.data.digits import DigitsDataset
+    from unimodal.diffusion import Diffusion, losses
+
+    cfg = ModelConfig.from_preset("micro", channels=1, num_classes=10, vocab_size=0)
+    docs = list(DigitsDataset("test", n=4))
+    batch = Collator(None, cfg)(docs, np.random.default_rng(0))
+    assert (batch.layout.modality[batch.layout.doc >= 0] == 1).all()  # visual tokens only
+    assert batch.block_label.tolist()[:: len(batch.block_label) // 4] == [d.label for d in docs]
+    out = losses(UnifiedModel(cfg), batch, Diffusion("flow"))
+    assert torch.isfinite(out["loss"]) and out["text_count"] == 0

@@ -101,10 +101,13 @@ class Collator:
             drop_prompt = cfg.prompt_dropout and rng.random() < cfg.prompt_dropout
         else:
             drop_prompt = False
-        out: list[list[int] | VisualSegment] = [[tok.bos_id]]
+        # a class-only model (no tokenizer, vocab 0) reads the images alone: no text, no specials
+        out: list[list[int] | VisualSegment] = [[tok.bos_id] if tok is not None else []]
         seen_image = False
         for i, seg in enumerate(segments):
             if isinstance(seg, Text):
+                if tok is None:
+                    continue
                 if drop_prompt and not seen_image:
                     if not out[-1] or out[-1][-1] != tok.null_id:
                         out[-1].append(tok.null_id)
@@ -125,12 +128,13 @@ class Collator:
                     tokens, pos = to_blocks(x, mc.patch_size, mc.block_spec)
                 except ValueError as e:
                     raise bad(f"segments[{i}].image", WRONG_SIZE, str(e)) from e
-                out[-1].append(tok.boi_id)
+                if tok is not None:
+                    out[-1].append(tok.boi_id)
                 t, _, h, w = x.shape
                 out.append(VisualSegment(tokens, pos, (t, h // mc.patch_size, w // mc.patch_size)))
-                out.append([tok.eoi_id])
+                out.append([tok.eoi_id] if tok is not None else [])
                 seen_image = True
-        if close:
+        if close and tok is not None:
             out[-1].append(tok.eos_id)
         enc = EncodedDoc([s for s in out if not isinstance(s, list) or s], label)
         if self.max_len is not None and self.doc_length(enc) > self.max_len:
@@ -169,7 +173,8 @@ class Collator:
             longest = max(self.doc_length(e) for e in enc)
             batch = pack(enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest))
         # the null prompt stands in for dropped text; it is never a text target to learn
-        batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE
+        if self.tok is not None:
+            batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE
         if keys is not None:
             batch.doc_keys = torch.tensor([keys[i] for i in kept], dtype=torch.long)
         return batch
@@ -183,7 +188,8 @@ class Collator:
         lay = batch.layout
         feats = batch.patches if patches is None else patches
         mc = self.model_cfg
-        specials = {self.tok.bos_id, self.tok.eos_id, self.tok.boi_id, self.tok.eoi_id}
+        tok = self.tok
+        specials = {tok.bos_id, tok.eos_id, tok.boi_id, tok.eoi_id} if tok is not None else set()
         docs = []
         images = {}
         for d, first, grid in batch.images:

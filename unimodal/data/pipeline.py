@@ -14,13 +14,13 @@ collator's random choices are seeded by (seed, rank, batch number), not by a sta
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..configtools import build
 from ..documents import Document
 from ..layout import Batch
 from . import load_builtin
@@ -54,19 +54,11 @@ class DataConfig:
         self.collate_config()  # validates the collate keys now, not at the first batch
 
     def collate_config(self) -> CollateConfig:
-        return _from_dict(CollateConfig, self.collate, "data.collate")
+        return build(CollateConfig, self.collate, "data.collate")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        return _from_dict(cls, d, "data")
-
-
-def _from_dict(cls, d: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    return cls(**d)
+        return build(cls, d, "data")
 
 
 def build_documents(cfg: DataConfig) -> Sequence[Document] | DocumentReader:

@@ -121,7 +121,8 @@ class Block(nn.Module):
         identity = torch.zeros(1, 6 * d, dtype=table.dtype, device=table.device)
         identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
         identity[:, 5 * d :] = 1.0  # gate_mlp
-        return torch.cat([table, identity])[gather]
+        # index_select: its backward is an index_add, far cheaper on CPU than advanced indexing's
+        return torch.cat([table, identity]).index_select(0, gather.flatten()).view(*gather.shape, -1)
 
     def forward(self, x, cond, gather, rope, tables, plan, cache, layer):
         mod = self.modulation(cond, gather)

@@ -82,6 +82,27 @@ def test_image_first_rate_and_determinism(tok):
     assert sum(first_is_image(col(docs))) == 0  # no generator: no random choices, documents as given
 
 
+def test_image_first_pairs_can_train_captioning_only(tok):
+    """image_first_diffusion=False: a swapped pair's image is context only (no noisy copy), the
+    other pairs keep theirs; the clean tokens and the text targets are those of the default."""
+    docs = list(load_builtin("shapes", task="t2i", n=32))
+    both = Collator(tok, cfg16(), CollateConfig(image_first_rate=0.5))(docs, np.random.default_rng(2))
+    cap = Collator(tok, cfg16(), CollateConfig(image_first_rate=0.5, image_first_diffusion=False))
+    only = cap(docs, np.random.default_rng(2))
+    for r in range(len(docs)):
+        ids, mods = clean_tokens(only, r)
+        assert torch.equal(ids, clean_tokens(both, r)[0])
+        image_first = int(ids[1]) == tok.boi_id
+        assert int(only.layout.noisy[r].sum()) == (0 if image_first else int(both.layout.noisy[r].sum()))
+        assert int(both.layout.noisy[r].sum()) == int((mods != TEXT).sum())
+        real_only, real_both = only.layout.doc[r] >= 0, both.layout.doc[r] >= 0
+        assert torch.equal(
+            only.text_targets[r][real_only & ~only.layout.noisy[r]],
+            both.text_targets[r][real_both & ~both.layout.noisy[r]],
+        )
+    assert 0 < int(only.layout.noisy.any(1).sum()) < len(docs)
+
+
 def test_prompt_dropout_uses_the_null_token(tok):
     docs = list(load_builtin("shapes", task="t2i", n=8))
     col = Collator(tok, cfg16(), CollateConfig(prompt_dropout=1.0))

@@ -202,3 +202,23 @@ def test_interval_guidance_applies_to_eps_models():
     constant = pipe.class_to_image([1], seed=0, guidance=4.0, output_type="np")[0]
     assert np.abs(everywhere - plain).max() > 1e-3
     np.testing.assert_array_equal(everywhere, constant)
+
+
+def test_video_model_outputs_pil_frames_and_a_sample_grid(tok, tmp_path):
+    """A video model's text_to_image gives each clip as a list of PIL frames (like continue_video),
+    equal to the "np" output rounded; the end-of-run grid lays each clip out as a row of frames."""
+    from PIL import Image as PILImage
+
+    from unimodal.train.artifacts import image_grid
+
+    model = random_model(tok, frames=4, block_kind="frames", block_size=1)
+    pipe = Pipeline(model, tok, num_steps=2)
+    clips = pipe.text_to_image(PROMPTS, seed=0)
+    arrays = pipe.text_to_image(PROMPTS, seed=0, output_type="np")
+    assert [len(c) for c in clips] == [4, 4] and all(isinstance(f, PILImage.Image) for f in clips[0])
+    for clip, a in zip(clips, arrays, strict=True):
+        expect = ((np.clip(a, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+        np.testing.assert_array_equal(np.stack([np.asarray(f) for f in clip]), expect)
+    strip = image_grid(clips[1], len(clips[1]))
+    assert strip.size == (4 * 8, 8)
+    np.testing.assert_array_equal(np.asarray(strip)[:, 8:16], np.asarray(clips[1][1]))

@@ -85,11 +85,9 @@ def load_image(path: str, cfg) -> np.ndarray:
 
 
 def _pixels(image) -> np.ndarray:
-    """A generated image as a uint8 (H, W) or (H, W, 3) array; a clip (T, H, W, C) becomes a
-    filmstrip of its frames side by side."""
-    a = np.asarray(image)
-    if a.ndim == 4:
-        a = np.concatenate(list(a), axis=1)
+    """A generated image as a uint8 (H, W) or (H, W, 3) array; a clip (a list of frames) becomes
+    a filmstrip of its frames side by side."""
+    a = np.concatenate([np.asarray(f) for f in image], axis=1) if isinstance(image, list) else np.asarray(image)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     return a

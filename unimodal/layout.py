@@ -25,11 +25,14 @@ IGNORE = -100
 
 @dataclass
 class VisualSegment:
-    """One image or clip cut into blocks: tokens (N, B, D), local positions (N, B, 3), its patch grid."""
+    """One image or clip cut into blocks: tokens (N, B, D), local positions (N, B, 3), its patch grid.
+    `noisy=False`: context only in training (no noisy copies, no diffusion loss), e.g. an image
+    placed before its caption to train captioning."""
 
     tokens: torch.Tensor
     pos: torch.Tensor
     grid: tuple[int, int, int]
+    noisy: bool = True
 
 
 @dataclass
@@ -148,7 +151,7 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool) -> dict[str, list]:
             extent = max(seg.grid)
             for j in range(n):
                 pos = (seg.pos[j] + index).tolist()
-                for copy in (False, True) if with_noisy else (False,):
+                for copy in (False, True) if with_noisy and seg.noisy else (False,):
                     cols["unit"] += [unit] * b
                     cols["noisy"] += [copy] * b
                     cols["modality"] += [VISUAL] * b

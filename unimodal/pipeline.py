@@ -34,6 +34,13 @@ from .patches import from_blocks
 from .samplers import DEFAULT_SAMPLER, make_sampler
 
 
+def _to_pil(x: torch.Tensor) -> PILImage.Image | list[PILImage.Image]:
+    """(T, C, H, W) in [-1, 1] -> a PIL image (T = 1) or a clip as a list of PIL frames."""
+    a = to_uint8(x).reshape(x.shape[0], *x.shape[-2:], x.shape[1])
+    frames = [PILImage.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in a]
+    return frames[0] if x.shape[0] == 1 else frames
+
+
 def _generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
     seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
     if len(seeds) != n:
@@ -106,8 +113,9 @@ class Pipeline:
         return prompt_tokens + images * (t * h * w + 2) + new_tokens + 4
 
     def _images(self, blocks: torch.Tensor, output_type: str = "pil") -> list:
-        """Generated blocks (n, N, B, D) as PIL images (uint8), or with output_type "np" as float32
-        arrays (H, W, C) or (T, H, W, C) in the model's value range, unrounded."""
+        """Generated blocks (n, N, B, D) as PIL images (uint8; a clip is a list of PIL frames), or
+        with output_type "np" as float32 arrays (H, W, C) or (T, H, W, C) in the model's value
+        range, unrounded."""
         images = from_blocks(blocks, self.cfg.grid, self.cfg.patch_size, self.cfg.block_spec)
         if self.codec is not None:
             images = self.codec.decode(images)
@@ -115,11 +123,7 @@ class Pipeline:
             return [x.permute(0, 2, 3, 1).squeeze(0).numpy() for x in images]
         if output_type != "pil":
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
-        out = []
-        for x in images:
-            a = to_uint8(x)
-            out.append(PILImage.fromarray(a[..., 0] if a.shape[-1] == 1 else a) if a.ndim == 3 else a)
-        return out
+        return [_to_pil(x) for x in images]
 
     @torch.no_grad()
     def _image_from_prefix(
@@ -262,7 +266,7 @@ class Pipeline:
         videos = from_blocks(torch.cat([blocks.to(new.dtype), new], dim=1), grid, p, spec)
         if output_type == "np":
             return [v.permute(0, 2, 3, 1).numpy() for v in videos]
-        return [[PILImage.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in to_uint8(v)] for v in videos]
+        return [_to_pil(v) for v in videos]
 
     @torch.no_grad()
     def caption(

@@ -6,7 +6,8 @@ text... ``<eos>``. The model so learns to open an image with ``<boi>`` and to en
 
 Training-time choices live here and are seeded by the generator passed to each call:
 - `image_first_rate`: a (text, image) pair is turned into (image, text), so one model learns
-  text->image and captioning from the same data;
+  text->image and captioning from the same data; with `image_first_diffusion: false` such an image
+  is context only (no noisy copy): those pairs train captioning alone, and are shorter;
 - `prompt_dropout`: the text before a document's first image is replaced by the null-prompt token
   (classifier-free guidance in text mode); `label_dropout` does the same to class labels;
 - sequence-length `buckets`: rows are padded to the smallest bucket that fits, so compiled
@@ -32,6 +33,7 @@ class CollateConfig:
     """Collation settings; validated on construction."""
 
     image_first_rate: float = 0.0
+    image_first_diffusion: bool = True
     prompt_dropout: float = 0.0
     label_dropout: float = 0.0
     buckets: list[int] = field(default_factory=list)
@@ -76,7 +78,7 @@ class Collator:
         """Tokens the document takes in a training row (clean and noisy copies)."""
         n = 0
         for seg in enc.segments:
-            n += 2 * seg.tokens.shape[0] * seg.tokens.shape[1] if isinstance(seg, VisualSegment) else len(seg)
+            n += (1 + seg.noisy) * seg.tokens[..., 0].numel() if isinstance(seg, VisualSegment) else len(seg)
         return n
 
     def encode(
@@ -92,10 +94,12 @@ class Collator:
         def bad(field: str, reason: str, detail: str = "") -> BadRecord:
             return BadRecord.from_meta(meta, field, reason, detail, dataset=self.name)
 
+        context_image = False  # the image of a swapped pair, when it is context only
         if rng is not None:
             pair = len(segments) == 2 and isinstance(segments[0], Text) and isinstance(segments[1], Image)
             if pair and cfg.image_first_rate and rng.random() < cfg.image_first_rate:
                 segments = segments[::-1]
+                context_image = not cfg.image_first_diffusion
             if label is not None and cfg.label_dropout and rng.random() < cfg.label_dropout:
                 label = None
             drop_prompt = cfg.prompt_dropout and rng.random() < cfg.prompt_dropout
@@ -131,7 +135,8 @@ class Collator:
                 if tok is not None:
                     out[-1].append(tok.boi_id)
                 t, _, h, w = x.shape
-                out.append(VisualSegment(tokens, pos, (t, h // mc.patch_size, w // mc.patch_size)))
+                grid = (t, h // mc.patch_size, w // mc.patch_size)
+                out.append(VisualSegment(tokens, pos, grid, noisy=not context_image))
                 out.append([tok.eoi_id] if tok is not None else [])
                 seen_image = True
         if close and tok is not None:

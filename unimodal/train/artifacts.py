@@ -62,7 +62,8 @@ def finalize(trainer) -> None:
     elif s.classes:
         for i, y in enumerate(s.classes):
             grid_images += pipe.class_to_image([y] * s.per_prompt, guidance=s.guidance, seed=1000 * i)
-    if grid_images:
+    if grid_images:  # a clip becomes one row of its frames
+        grid_images = [image_grid(im, len(im)) if isinstance(im, list) else im for im in grid_images]
         image_grid([im.convert("RGB") for im in grid_images], cols).resize(
             (cols * 4 * grid_images[0].size[0], -(-len(grid_images) // cols) * 4 * grid_images[0].size[1]),
             PILImage.NEAREST,

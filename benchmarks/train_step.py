@@ -94,12 +94,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--profile", action="store_true", help="add the top operators of one step (self CPU time)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. data.collate.pack_rows=384")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
-    overrides = [f"data.batch_size={args.batch}"]
+    overrides = [f"data.batch_size={args.batch}", *args.overrides]
     if args.preset:
         overrides.append(f"model.preset={args.preset}")
     for key in ("dim", "depth", "heads", "mlp"):
@@ -148,10 +149,13 @@ def main() -> None:
     result = {
         "benchmark": "train_step",
         "recipe": args.recipe,
+        "overrides": args.overrides,
         "model": {k: getattr(mcfg, k) for k in ("dim", "depth", "heads", "mlp", "patch_size", "block_size")},
         "parameters": model.num_parameters(),
         "batch": args.batch,
+        "rows": int(batches[-1].layout.doc.shape[0]),
         "row_length": int(batches[-1].layout.doc.shape[1]),
+        "padding": 1 - statistics.median(tokens) / batches[-1].layout.doc.numel(),
         "tokens_per_step": statistics.median(tokens),
         "dtype": args.dtype,
         "threads": args.threads,

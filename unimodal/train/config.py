@@ -93,10 +93,12 @@ class LoopConfig:
 
 @dataclass
 class EMAConfig:
-    """Exponential moving average of the weights; `export` picks what the exported model holds."""
+    """Exponential moving average of the weights; `export` picks what the exported model holds.
+    `warmup`: the decay ramps up as min(decay, (1 + step) / (10 + step)) (see train/ema.py)."""
 
     enabled: bool = True
     decay: float = 0.999
+    warmup: bool = True
     export: str = "ema"
 
     def __post_init__(self) -> None:

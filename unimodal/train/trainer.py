@@ -145,7 +145,7 @@ class Trainer:
             model=model, optimizer=opt, lr_scheduler=sched, config=ds
         )
         self.model = self.engine.module
-        self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.enabled else None
+        self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
         self.diffusion = Diffusion(self.model_cfg.diffusion)
         self.step = 0
         self.nonfinite = 0
@@ -259,7 +259,7 @@ class Trainer:
             stats.append(r[0])
             tokens += r[1]
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step)
         self.step += 1
         mean = {k: sum(x[k] for x in stats) / len(stats) for k in stats[0]}
         mean["tokens"] = tokens

@@ -46,16 +46,16 @@ GRID, BLOCK, CAPTION = 32, 16, 12
 
 def scam_layout(length: int):
     """One row of `length` tokens: as many caption + image documents as fit, then padding."""
-    n_blocks = GRID * GRID // BLOCK
+
+    def doc(n_blocks: int, grid: tuple[int, int, int]) -> EncodedDoc:
+        pos = torch.zeros(n_blocks, BLOCK, 3, dtype=torch.long)  # positions do not enter the mask
+        return EncodedDoc([list(range(CAPTION + 1)), VisualSegment(torch.zeros(n_blocks, BLOCK, 1), pos, grid), [0]])
+
     doc_len = CAPTION + 2 + 2 * GRID * GRID
-    docs = []
-    for _ in range(max(1, length // doc_len)):
-        vis = VisualSegment(torch.zeros(n_blocks, BLOCK, 1), torch.zeros(n_blocks, BLOCK, 3, dtype=torch.long), (1, 32, 32))
-        docs.append(EncodedDoc([list(range(CAPTION + 1)), vis, [0]]))
     if length < doc_len:  # short rows: one document with a smaller image
         k = max(1, (length - CAPTION - 2) // (2 * BLOCK))
-        vis = VisualSegment(torch.zeros(k, BLOCK, 1), torch.zeros(k, BLOCK, 3, dtype=torch.long), (1, 4, 4 * k))
-        docs = [EncodedDoc([list(range(CAPTION + 1)), vis, [0]])]
+        return pack([doc(k, (1, 4, 4 * k))], 1, row_len=length).layout
+    docs = [doc(GRID * GRID // BLOCK, (1, GRID, GRID)) for _ in range(length // doc_len)]
     return pack(docs, 1, row_len=length).layout
 
 

@@ -260,7 +260,10 @@ class UnifiedModel(nn.Module):
         else:
             name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device, x.requires_grad)
             plan = AttentionPlan(q_fields, q_fields, name)
-        tables = self.rope.tables(layout.pos)
+        # the tables in the dtype q and k will have (bf16 under autocast), cast once for all layers
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        tables = tuple(t.to(dtype) for t in self.rope.tables(layout.pos))
         blocks = self.blocks if depth is None else self.blocks[:depth]
         for i, blk in enumerate(blocks):
             args = (x, cond, gather, self.rope, tables, plan, step, i)

@@ -99,6 +99,27 @@ def test_losses_without_text_targets_are_finite():
     assert out["text"].item() == 0.0 and torch.isfinite(out["loss"])
 
 
+def test_batch_without_noisy_tokens_gives_every_weight_a_gradient():
+    """A captioning-only batch (its image is context, no noisy copy) still puts every parameter in
+    the graph, with zero gradients for the diffusion-only ones: ZeRO reduces gradients in an order
+    every data-parallel rank must share."""
+    from unimodal.layout import VisualSegment
+
+    cfg = ModelConfig.from_preset("micro", vocab_size=16)
+    model = UnifiedModel(cfg)
+    enc = encode_document(Document([Image(np.zeros((8, 8, 3), np.uint8)), Text(ids=[3, 4, 5])]), 2, cfg.block_spec)
+    enc.segments = [
+        VisualSegment(s.tokens, s.pos, s.grid, noisy=False) if isinstance(s, VisualSegment) else s for s in enc.segments
+    ]
+    batch = pack([enc], cfg.patch_dim)
+    assert not batch.layout.noisy.any()
+    out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert out["image"].item() == 0.0 and out["text"].item() > 0
+    assert all(p.grad is not None for p in model.parameters())
+    assert float(model.final_layer.linear.weight.grad.abs().sum()) == 0.0
+
+
 def test_bf16_autocast_keeps_losses_fp32():
     cfg = ModelConfig.from_preset("micro")
     model = UnifiedModel(cfg)
@@ -108,3 +129,38 @@ def test_bf16_autocast_keeps_losses_fp32():
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("image_first_diffusion", [True, False])
+def test_data_parallel_shards_sum_to_the_global_gradient(image_first_diffusion):
+    """Two ranks' halves of a global batch, each loss divided by the global target counts, give
+    the one-process gradient (float32), also when a shard holds only captioning documents."""
+    from unimodal.data.pipeline import batch_stream
+    from unimodal.diffusion import target_counts
+    from unimodal.train.config import load_config
+    from unimodal.train.trainer import build_model_config, load_tokenizer
+
+    base = ["model.preset=micro", "model.image_size=16", "model.patch_size=4", "model.block_size=2"]
+    base += ["data.collate.pack_rows=null", f"data.collate.image_first_diffusion={image_first_diffusion}"]
+    one, half = load_config(None, [*base, "data.batch_size=4"]), load_config(None, [*base, "data.batch_size=2"])
+    tok = load_tokenizer(one.tokenizer, 0)
+    mc = build_model_config(one, tok)
+    torch.manual_seed(0)
+    model = UnifiedModel(mc)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    diffusion = Diffusion(mc.diffusion)
+    whole = batch_stream(one.data, tok, mc)
+    ranks = [batch_stream(half.data, tok, mc, r, 2) for r in (0, 1)]
+    for _ in range(3):
+        model.zero_grad()
+        losses(model, next(whole), diffusion)["loss"].backward()
+        expect = {n: p.grad.clone() for n, p in model.named_parameters()}
+        shards = [next(s) for s in ranks]
+        counts = [sum(target_counts(b)[i] for b in shards) / 2 for i in (0, 1)]
+        model.zero_grad()
+        for b in shards:  # DeepSpeed averages the ranks' gradients
+            (losses(model, b, diffusion, denominators=tuple(counts))["loss"] / 2).backward()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expect[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -197,6 +197,29 @@ def test_video_frames_sorted_as_numbers_and_table_of_clips(tmp_path):
     assert docs[1].segments[1].data.shape == (2, 4, 4, 3)
 
 
+def test_video_class_folders_and_label_column(tmp_path):
+    """UCF-101's layout path/<class>/<clip>: labels are the sorted class folders' indices (and the
+    class text when asked); a table's `label` column gives them too."""
+    root = tmp_path / "ucf"
+    for name, clips in (("PlayingPiano", 2), ("ApplyEyeMakeup", 1)):
+        (root / name).mkdir(parents=True)
+        for c in range(clips):
+            np.save(root / name / f"v_{name}_g01_c0{c}.npy", np.full((2, 4, 4, 3), c, np.uint8))
+    reader = load_documents(DataSource("video", path=str(root), class_folders=True, class_text="a video of {name}"))
+    assert reader.class_names == ["ApplyEyeMakeup", "PlayingPiano"]
+    assert [d.label for d in reader] == [0, 1, 1]
+    assert [d.segments[0].text for d in reader] == ["a video of ApplyEyeMakeup"] + ["a video of PlayingPiano"] * 2
+    assert reader.get(2).segments[1].data.shape == (2, 4, 4, 3) and int(reader.get(2).segments[1].data.max()) == 1
+    rows = [{"video": str(root / "PlayingPiano" / "v_PlayingPiano_g01_c00.npy"), "label": 7}]
+    docs = load(tmp_path, "video", write_jsonl(tmp_path / "labelled.jsonl", rows))
+    assert docs[0].label == 7 and len(docs[0].segments) == 1
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"video": rows[0]["video"], "label": "piano"}])
+    with pytest.raises(BadRecord, match="label"):
+        list(load_documents(DataSource("video", data_files=[bad])))
+    with pytest.raises(ValueError, match="class_folders"):
+        DataSource("captions", path=str(root), class_folders=True)
+
+
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_streaming_equals_non_streaming(tmp_path, name):
     kw = MAKERS[name](tmp_path)

@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{args.parser.prog}: error: {e}\n")
         return 2
     try:
-        sys.stdout.write(out + "\n")
-        sys.stdout.flush()
+        if out:  # a command with nothing to say (e.g. `train` on ranks other than 0) prints nothing
+            sys.stdout.write(out + "\n")
+            sys.stdout.flush()
     except BrokenPipeError:  # e.g. `unimodal show layout --preset acdit-b | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

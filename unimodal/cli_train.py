@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .cli_generate import CommandError
@@ -26,7 +27,7 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         raise CommandError(str(e)) from e
     if status:
         raise SystemExit(status)
-    return f"run directory: {out}"
+    return f"run directory: {out}" if int(os.environ.get("RANK", "0")) == 0 else ""  # said once, by rank 0
 
 
 def add_commands(sub) -> None:

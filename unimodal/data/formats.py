@@ -11,9 +11,11 @@ One entry point: `load_documents(DataSource(...))` -> a `DocumentReader`, an ite
   ``images: [path|bytes|None]`` with exactly one of the two set per slot; the segments in order.
 - ``video``: clips as folders of frame images (name order, numbers compared as numbers) or .npy
   arrays (T x H x W x C, or T x H x W greyscale). `path` a directory: every sub-folder / .npy is a
-  clip, captioned by a sidecar ``<clip>.txt`` when there is one; `path`/`data_files` a table: a
-  ``video`` column (path or .npy bytes) and an optional ``caption`` column.
-  `Document([Text(caption)?, Image(frames T x H x W x C)])`.
+  clip, captioned by a sidecar ``<clip>.txt`` when there is one; with `class_folders` the
+  directory is ``path/<class>/<clip>`` (UCF-101's layout) and each clip's label is its class
+  index (classes sorted by name); `path`/`data_files` a table: a ``video`` column (path or .npy
+  bytes), optional ``caption`` and ``label`` (class index) columns.
+  `Document([Text(class_text)?, Text(caption)?, Image(frames T x H x W x C)], label)`.
 
 Every document carries `meta = {"dataset": name, "index": record index}`. Broken records become
 `BadRecord`s naming dataset, index, field and reason, raised or skipped and counted per
@@ -66,9 +68,9 @@ COLUMNS = {
     "imagefolder": {"image": "image", "label": "label", "caption": "caption"},
     "captions": {"image": "image", "caption": "caption"},
     "interleaved": {"texts": "texts", "images": "images"},
-    "video": {"video": "video", "caption": "caption"},
+    "video": {"video": "video", "caption": "caption", "label": "label"},
 }
-OPTIONAL = {"imagefolder": {"label", "caption"}, "video": {"caption"}}
+OPTIONAL = {"imagefolder": {"label", "caption"}, "video": {"caption", "label"}}
 TABLE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -93,6 +95,7 @@ class DataSource:
     conversion: ImageConversion = field(default_factory=ImageConversion)
     on_bad_record: str = "raise"
     class_text: str | None = None
+    class_folders: bool = False
     num_frames: int | None = None
     frame_stride: int = 1
     seed: int = 0
@@ -104,7 +107,9 @@ class DataSource:
         if self.path is None and not self.data_files:
             raise ValueError("DataSource needs `path` or `data_files`")
         if isinstance(self.data_files, (str, os.PathLike)):
-            self.data_files = [str(self.data_files)]
+            self.data_files = [self.data_files]
+        if self.data_files is not None:
+            self.data_files = [str(f) for f in self.data_files]
         if self.path is not None:
             self.path = str(self.path)
         unknown = sorted(set(self.columns) - set(COLUMNS[self.format]))
@@ -121,16 +126,16 @@ class DataSource:
         if self.on_bad_record not in POLICIES:
             raise ValueError(f"DataSource.on_bad_record must be one of {POLICIES}, got {self.on_bad_record!r}")
         if self.class_text is not None:
-            if self.format != "imagefolder":
-                raise ValueError("DataSource.class_text applies to format 'imagefolder' only")
+            if self.format not in ("imagefolder", "video"):
+                raise ValueError("DataSource.class_text applies to formats 'imagefolder' and 'video' only")
             try:
                 self.class_text.format(name="x")
             except (KeyError, IndexError, ValueError) as e:
                 raise ValueError(
                     f"DataSource.class_text must be a template with {{name}}, got {self.class_text!r}"
                 ) from e
-        if self.format != "video" and (self.num_frames is not None or self.frame_stride != 1):
-            raise ValueError("DataSource.num_frames and frame_stride apply to format 'video' only")
+        if self.format != "video" and (self.num_frames is not None or self.frame_stride != 1 or self.class_folders):
+            raise ValueError("DataSource.num_frames, frame_stride and class_folders apply to format 'video' only")
         if (self.num_frames is not None and self.num_frames < 1) or self.frame_stride < 1:
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {self.num_frames}, {self.frame_stride}")
         if self.name is None:
@@ -299,8 +304,8 @@ class _Context:
         return col, list(v)
 
 
-def _imagefolder(ctx: _Context) -> list:
-    col, v = ctx.value("image")
+def _label(ctx: _Context) -> list:
+    """Read the optional class label into the document; the class text segment, if configured."""
     segments: list = []
     if ctx.has("label"):
         lcol, label = ctx.value("label")
@@ -312,6 +317,12 @@ def _imagefolder(ctx: _Context) -> list:
         names = ctx.reader.class_names
         if ctx.source.class_text is not None and names:
             segments.append(Text(ctx.source.class_text.format(name=names[ctx.label])))
+    return segments
+
+
+def _imagefolder(ctx: _Context) -> list:
+    col, v = ctx.value("image")
+    segments = _label(ctx)
     if ctx.has("caption"):
         ccol, caption = ctx.value("caption")
         segments.append(ctx.text(caption, ccol))
@@ -343,7 +354,7 @@ def _interleaved(ctx: _Context) -> list:
 
 def _video(ctx: _Context) -> list:
     vcol, v = ctx.value("video")
-    segments: list = []
+    segments = _label(ctx)
     if ctx.has("caption"):
         ccol, caption = ctx.value("caption")
         segments.append(ctx.text(caption, ccol))
@@ -562,7 +573,15 @@ def _open(src: DataSource) -> list[_Part]:
             return [_Part("", _load("imagefolder", src, data_files={src.split: files}), str(files))]
         return [_Part(src.path, _load("imagefolder", src, data_dir=src.path), src.path)]  # type: ignore[arg-type]
     if src.format == "video" and src.path is not None and Path(src.path).is_dir() and not src.data_files:
-        rows = _clip_rows(Path(src.path), src.column("video"), src.column("caption"))
+        video, caption = src.column("video"), src.column("caption")
+        if src.class_folders:  # path/<class>/<clip>: the label is the class folder's index
+            rows = [
+                {**r, src.column("label"): k}
+                for k, sub in enumerate(_video_classes(src))
+                for r in _clip_rows(Path(src.path) / sub, video, caption)
+            ]
+        else:
+            rows = _clip_rows(Path(src.path), video, caption)
         return [_Part(src.path, rows, src.path)]
     files = _table_files(src)
     builder = _builder(files)
@@ -590,7 +609,17 @@ def _clip_rows(folder: Path, video: str, caption: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _video_classes(src: DataSource) -> list[str]:
+    """The class folders of a `class_folders` video directory, sorted by name."""
+    names = sorted(p.name for p in Path(src.path).iterdir() if p.is_dir())  # type: ignore[arg-type]
+    if not names:
+        raise FileNotFoundError(f"no class folders in {src.path} (class_folders: path/<class>/<clip>)")
+    return names
+
+
 def _class_names(parts: list[_Part], src: DataSource) -> list[str] | None:
+    if src.format == "video" and src.class_folders:
+        return _video_classes(src)
     if src.format != "imagefolder":
         return None
     feats = getattr(parts[0].rows, "features", None) or {}

@@ -74,7 +74,6 @@ class LoopConfig:
     seed: int = 0
     grad_accum: int = 1
     precision: str = "bf16"
-    log_every: int = 10
     max_nonfinite: int = 20
     num_threads: int = 0
     # fault drills: micro-batches whose loss is made NaN, numbered from 0 over the run with skipped ones
@@ -108,8 +107,8 @@ class EMAConfig:
 
 @dataclass
 class SampleConfig:
-    """What the run leaves to look at: a grid for fixed prompts (or classes), captions of held-out
-    images; `every` > 0 also writes a grid every that many steps."""
+    """What the run leaves to look at: a grid for fixed prompts (or classes) and captions of
+    held-out images, drawn with the exported model at the end of the run."""
 
     prompts: list[str] = field(default_factory=list)
     classes: list[int] = field(default_factory=list)
@@ -118,7 +117,6 @@ class SampleConfig:
     guidance: float = 1.0
     sampler: str | None = None
     captions: int = 8
-    every: int = 0
 
 
 @dataclass

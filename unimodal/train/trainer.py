@@ -145,7 +145,11 @@ class Trainer:
             model=model, optimizer=opt, lr_scheduler=sched, config=ds
         )
         self.model = self.engine.module
-        self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+        # ZeRO-3: every rank tracks its own partition. Stages 0-2: every rank holds the same whole
+        # weights, so rank 0 alone keeps the EMA (one copy in memory and in each checkpoint)
+        self.sharded = ds.get("zero_optimization", {}).get("stage", 0) == 3
+        keep_ema = cfg.ema.enabled and (self.sharded or self.rank == 0)
+        self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if keep_ema else None
         self.diffusion = Diffusion(self.model_cfg.diffusion)
         self.step = 0
         self.nonfinite = 0
@@ -331,7 +335,10 @@ class Trainer:
     # --------------------------------------------------------------------------- export
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """Float32 weights to export (EMA or raw), gathered on every rank (collective)."""
+        """Float32 weights to export (EMA or raw): gathered on every rank under ZeRO-3 (a
+        collective); under stages 0-2 rank 0 holds them whole and the other ranks return {}."""
+        if self.rank != 0 and not self.sharded:
+            return {}
         if self.ema is not None and self.cfg.ema.export == "ema":
             return self.ema.full_state_dict(self.model)
         import deepspeed

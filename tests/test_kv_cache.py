@@ -147,3 +147,36 @@ def test_cache_refuses_noisy_commit_and_overflow():
         model(batch.tokens, batch.patches, lay, t=t, cache=cache, commit=lay.noisy.clone())
     with pytest.raises(RuntimeError, match="KV cache full"):
         model(batch.tokens, batch.patches, lay, t=t, cache=cache, commit=~lay.noisy)
+
+
+def test_adaln_memo_equals_fresh_tables_and_follows_weight_updates():
+    """Without gradients the AdaLN rows are remembered per (t, label): outputs equal the gradient
+    path's fresh computation, and an in-place weight update (an optimizer step, load_state_dict)
+    or a cast is never served stale rows."""
+    cfg = ModelConfig.from_preset("micro", vocab_size=32, num_classes=5, image_size=8)
+    model = random_model(cfg)
+    docs = [Document([Text(ids=[1, 2]), Image(image(i, 8))], label=i) for i in range(3)]
+    batch = pack([encode_document(d, cfg.patch_size, cfg.block_spec) for d in docs], cfg.patch_dim)
+    nb = noise_batch(batch, Diffusion("ddpm_eps"), torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500, 10, 999] * (batch.block_label.numel() // 4) + [7] * (batch.block_label.numel() % 4))
+    args = (batch.tokens, nb.patches, batch.layout, t, batch.block_label)
+
+    def fresh():  # the gradient path computes every table from scratch
+        with torch.enable_grad():
+            return model(*args).pred.detach()
+
+    with torch.no_grad():
+        first = model(*args).pred
+        again = model(*args).pred  # served from the memo
+    torch.testing.assert_close(first, fresh(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        model.blocks[0].adaLN_modulation[1].weight.mul_(1.5)  # in place, as an optimizer step
+        model.t_embedder.mlp[0].bias.add_(0.1)
+        changed = model(*args).pred
+    assert (changed - first).abs().max() > 1e-3
+    torch.testing.assert_close(changed, fresh(), rtol=1e-6, atol=1e-6)
+    model.to(torch.float64)  # new weight tensors: the memo's float32 rows must not be reused
+    with torch.no_grad():
+        tables, head = model.adaln_tables(t, batch.block_label)
+    assert tables[0].dtype == head.dtype == torch.float64

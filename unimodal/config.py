@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
+from .configtools import check_value
 from .patches import BlockSpec
 from .rope import default_sections
 
@@ -85,24 +87,11 @@ class ModelConfig:
         self.block_spec.block_len(self.grid)  # raises if the blocks do not tile the grid
 
     def _check_types(self) -> None:
+        """Every field against its annotation (ints become floats where a float is due), with the
+        rules every config in this library follows (`configtools.check_value`)."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            typ = eval(f.type) if isinstance(f.type, str) else f.type  # noqa: S307 - our own annotations
-            base = get_origin(typ) or typ
-            if base is float and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, f.name, float(value))
-                continue
-            if base is list:
-                (item,) = get_args(typ)
-                ok = isinstance(value, (list, tuple)) and all(
-                    isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
-                )
-                if ok:
-                    setattr(self, f.name, [item(v) for v in value])
-                    continue
-            elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
-                continue
-            raise TypeError(f"ModelConfig.{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+            setattr(self, f.name, check_value(getattr(self, f.name), hints[f.name], f"ModelConfig.{f.name}"))
 
     @property
     def head_dim(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 
 
-def _check(value: Any, typ: Any, where: str) -> Any:
+def check_value(value: Any, typ: Any, where: str) -> Any:
     """`value` converted to `typ` where lossless (int -> float, list -> tuple), else TypeError."""
     origin, args = get_origin(typ), get_args(typ)
     if typ is Any:
@@ -27,7 +27,7 @@ def _check(value: Any, typ: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _check(value, a, where)
+                return check_value(value, a, where)
             except TypeError:
                 pass
         raise TypeError(f"{where}: {value!r} is not {typ}")
@@ -41,7 +41,7 @@ def _check(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        out = [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
     if origin is dict:
         if not isinstance(value, dict):
@@ -70,7 +70,7 @@ def build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise KeyError(f"{where}: unknown key(s) {[f'{where}.{k}' for k in unknown]}; known keys: {sorted(fields)}")
-    kwargs = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:

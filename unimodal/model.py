@@ -112,20 +112,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
-    def modulation(self, cond: torch.Tensor | None, gather: torch.Tensor | None) -> torch.Tensor | None:
-        """Per-token (R, L, 6*dim) modulation: block rows for noisy tokens, identity for clean ones."""
-        if cond is None:
-            return None
-        table = self.adaLN_modulation(cond)
-        d = table.shape[-1] // 6
-        identity = torch.zeros(1, 6 * d, dtype=table.dtype, device=table.device)
-        identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
-        identity[:, 5 * d :] = 1.0  # gate_mlp
+    def forward(self, x, table, gather, rope, tables, plan, cache, layer):
+        """`table` (NB + 1, 6*dim): each block's (shift, scale, gate) x (attn, mlp) rows, then the
+        identity row of clean tokens (None: no noisy token); `gather` (R, L): each token's row."""
         # index_select: its backward is an index_add, far cheaper on CPU than advanced indexing's
-        return torch.cat([table, identity]).index_select(0, gather.flatten()).view(*gather.shape, -1)
-
-    def forward(self, x, cond, gather, rope, tables, plan, cache, layer):
-        mod = self.modulation(cond, gather)
+        mod = None if table is None else table.index_select(0, gather.flatten()).view(*gather.shape, -1)
         if mod is None:
             x = x + self.attn(self.norm1(x), rope, tables, plan, cache, layer)
             return x + self.mlp(self.norm2(x))
@@ -143,8 +134,9 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
         self.linear = nn.Linear(cfg.dim, cfg.patch_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """x (n, dim) noisy tokens, table (n, 2*dim) their rows of `adaLN_modulation(cond)`."""
+        shift, scale = table.chunk(2, dim=-1)
         return self.linear(self.norm_final(x) * (1 + scale) + shift)
 
 
@@ -175,6 +167,7 @@ class UnifiedModel(nn.Module):
             self.text_norm = RMSNorm(cfg.dim, cfg.norm_eps)
             self.text_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.rope = RopeND(cfg.head_dim, tuple(cfg.rope_sections), tuple(cfg.rope_theta), cfg.rope)
+        self._adaln_memo: dict[tuple, tuple] = {}
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -211,6 +204,62 @@ class UnifiedModel(nn.Module):
             c = c + self.y_embedder(torch.where(y < 0, null, y))
         return c
 
+    def adaln_tables(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each block's modulation table (NB + 1, 6*dim; the last row is the identity of clean
+        tokens) and the diffusion head's (NB, 2*dim), for per-block times t (NB,) and labels.
+
+        Without gradients the rows are remembered per distinct (t, label) for as long as the
+        weights stay the same: a sampler runs the same few timesteps for every block of every
+        image, and these matrix-vector products are a fixed cost of each small denoising step."""
+        if torch.is_grad_enabled():
+            cond = self.condition(self.timestep_input(t), labels)
+            rows = torch.stack([blk.adaLN_modulation(cond) for blk in self.blocks], 1)
+            head = self.final_layer.adaLN_modulation(cond)
+        else:
+            rows, head = self._remembered_rows(t, labels)
+        d = self.cfg.dim
+        identity = torch.zeros(1, 6 * d, dtype=rows.dtype, device=rows.device)
+        identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
+        identity[:, 5 * d :] = 1.0  # gate_mlp
+        return [torch.cat([rows[:, i], identity]) for i in range(rows.shape[1])], head
+
+    def _remembered_rows(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NB, depth, 6*dim) block rows and (NB, 2*dim) head rows, from the memo where it has them."""
+        dev = t.device.type
+        state = (
+            torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None,
+            t.device,
+            tuple((p.data_ptr(), p._version) for p in self._adaln_params()),  # moved, cast or updated
+        )
+        y = torch.full_like(t, -1, dtype=torch.long) if labels is None else labels.long().clamp(min=-1)
+        keys = [(state, a, b) for a, b in zip(t.tolist(), y.tolist(), strict=True)]
+        memo = self._adaln_memo
+        new = list(dict.fromkeys(k for k in keys if k not in memo))
+        if new:
+            tt = torch.tensor([k[1] for k in new], dtype=t.dtype, device=t.device)
+            yy = torch.tensor([k[2] for k in new], dtype=torch.long, device=t.device)
+            cond = self.condition(self.timestep_input(tt), yy)
+            rows = torch.stack([blk.adaLN_modulation(cond) for blk in self.blocks], 1)
+            head = self.final_layer.adaLN_modulation(cond)
+            pair_bytes = (rows[0].numel() + head[0].numel()) * rows.element_size()
+            if (len(memo) + len(new)) * pair_bytes > 256 << 20:  # bounded: 256 MiB
+                memo.clear()
+            memo.update({k: (rows[i], head[i]) for i, k in enumerate(new)})
+            found = {k: (rows[i], head[i]) for i, k in enumerate(new)}
+        else:
+            found = {}
+        pairs = [found.get(k) or memo[k] for k in keys]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def _adaln_params(self):
+        """The weights the AdaLN rows depend on."""
+        yield from self.t_embedder.parameters()
+        if self.y_embedder is not None:
+            yield from self.y_embedder.parameters()
+        for blk in self.blocks:
+            yield from blk.adaLN_modulation.parameters()
+        yield from self.final_layer.adaLN_modulation.parameters()
+
     def timestep_input(self, t: torch.Tensor) -> torch.Tensor:
         """What the timestep embedder sees: DDPM step indices as they are, flow times in [0, 1] x 1000."""
         return t * 1000.0 if self.cfg.diffusion == "flow" else t
@@ -245,12 +294,12 @@ class UnifiedModel(nn.Module):
             x = torch.where(is_text, self.tok_embedder(tokens.clamp(0, cfg.vocab_size - 1)).to(x.dtype), x)
         noisy = layout.noisy
         has_noisy = bool(noisy.any())
-        cond = gather = None
+        mods, head_table, gather = [None] * cfg.depth, None, None
         if has_noisy:
             if t is None:
                 raise ValueError("the layout has noisy tokens but no timesteps t were given")
-            cond = self.condition(self.timestep_input(t), labels)
-            gather = torch.where(noisy, layout.block, cond.shape[0])
+            mods, head_table = self.adaln_tables(t, labels)
+            gather = torch.where(noisy, layout.block, t.shape[0])
         if depth is not None and cache is not None:
             raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
         step = cache.begin(layout, commit, cache_rows) if cache is not None else None
@@ -266,7 +315,7 @@ class UnifiedModel(nn.Module):
         tables = tuple(t.to(dtype) for t in self.rope.tables(layout.pos))
         blocks = self.blocks if depth is None else self.blocks[:depth]
         for i, blk in enumerate(blocks):
-            args = (x, cond, gather, self.rope, tables, plan, step, i)
+            args = (x, mods[i], gather, self.rope, tables, plan, step, i)
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, *args, use_reentrant=False)
             else:
@@ -275,7 +324,7 @@ class UnifiedModel(nn.Module):
             step.end()
         if not heads or depth is not None:
             return ModelOutput(x, None, None)
-        pred = self.final_layer(x[noisy], cond[layout.block[noisy]]) if has_noisy else None
+        pred = self.final_layer(x[noisy], head_table[layout.block[noisy]]) if has_noisy else None
         text_logits = None
         if self.tok_embedder is not None:
             text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])

@@ -234,7 +234,7 @@ def test_cli_end_to_end(tok, tmp_path, capsys):
     model = tmp_path / "model"
     random_pipe(tok, model, image_size=16, patch_size=4, block_size=2)
     out = tmp_path / "res" / "eval.json"
-    args = ["eval", str(model), "--task", "shapes-t2i", "--task", "shapes-caption", "--task", "text-ppl"]
+    args = ["eval", str(model), "--task", "shapes-t2i", "shapes-caption", "--task", "text-ppl"]  # both forms
     args += ["--task", "digits", "--samples", "4", "--steps", "2", "--guidance", "2", "--seed", "7", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out

@@ -151,10 +151,11 @@ def add_commands(sub) -> None:
     sp.add_argument("model", metavar="MODEL", help="an exported model folder or a training run directory")
     sp.add_argument(
         "--task",
-        action="append",
+        action="extend",
+        nargs="+",
         choices=TASK_NAMES,
         metavar="NAME",
-        help=f"a task to run (repeat for more; default all): {', '.join(TASK_NAMES)}",
+        help=f"tasks to run (--task A B, or --task A --task B; default all): {', '.join(TASK_NAMES)}",
     )
     sp.add_argument("--out", metavar="FILE.json", help="where to write the results (default MODEL/eval.json)")
     sp.add_argument(

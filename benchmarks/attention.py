@@ -12,9 +12,10 @@ are (1, heads, L, head_dim) in bf16 (float32 with `--dtype fp32`). Per backend:
   a warm-up call that also compiles (FlexAttention) or builds the bias (xformers);
 - `mask_s`: building the backend's mask from the layout (dense boolean mask, FlexAttention block
   mask, xformers bias), the per-batch cost a training step pays once for all layers;
-- `peak_bytes`: on CUDA `torch.cuda.max_memory_allocated` above the inputs; on CPU the growth of
-  the process's peak resident set during the timed calls, each configuration in its own
-  subprocess (so one configuration's peak cannot hide another's).
+- `peak_bytes`: on CUDA `torch.cuda.max_memory_allocated` above the inputs; on CPU the peak
+  resident set during the timed calls above the resident set before them (Linux: the peak,
+  VmHWM, is reset through /proc/self/clear_refs after the warm-up, so compilation does not count),
+  each configuration in its own subprocess.
 
 FlexAttention has no backward on CPU in this torch, so on CPU `--mode train` measures it forward
 only (marked `"backward": false`). xformers needs CUDA and is skipped without it. One JSON object is
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,6 +57,14 @@ def scam_layout(length: int):
         return pack([doc(k, (1, 4, 4 * k))], 1, row_len=length).layout
     docs = [doc(GRID * GRID // BLOCK, (1, GRID, GRID)) for _ in range(length // doc_len)]
     return pack(docs, 1, row_len=length).layout
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(args) -> dict:
@@ -92,7 +100,8 @@ def measure(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
+        base = _status_bytes("VmRSS")
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -101,7 +110,7 @@ def measure(args) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _status_bytes("VmHWM") - base
     allowed = float(plan.mask.sum()) if args.backend == "dense" else None
     return {
         "backend": args.backend,

@@ -321,7 +321,7 @@ def test_config_from_dict_unknown_key_names_it():
         ("dim", 256.0),
         ("depth", True),
         ("qkv_bias", 1),
-        ("mlp_ratio", "4"),
+        ("mlp_ratio", "four"),  # a numeric string is read as YAML 1.1 reads 1e-3: a float
         ("mlp", 3),
         ("vocab_size", None),
         ("rope_sections", "16,24,24"),

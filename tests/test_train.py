@@ -601,6 +601,16 @@ def test_config_errors_name_the_key(tmp_path, capsys, override, names):
     assert not out.exists()  # rejected before anything was written
 
 
+def test_recipe_names_are_not_shadowed_by_folders(tmp_path, monkeypatch):
+    """A run directory named like a recipe (`--out digits-tiny`) in the working directory must not
+    hide the recipe of that name; a recipe file given by path still wins."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits-tiny").mkdir()
+    assert load_config("digits-tiny").data.builtin == "digits"
+    (tmp_path / "mine.yaml").write_text("train: {max_steps: 7}\n")
+    assert load_config("mine.yaml").train.max_steps == 7
+
+
 def test_config_error_exit_status_from_a_process(runs):
     job = runs.get("bad_config")
     job["run"].expect(2)

@@ -163,7 +163,7 @@ def recipe_path(name_or_path: str | None) -> Path:
     if name_or_path is None:
         return CONFIG_DIR / f"{DEFAULT_RECIPE}.yaml"
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder named like a recipe (a run) is not one
         return p
     return CONFIG_DIR / f"{name_or_path}.yaml"
 

@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import write_json  # noqa: E402
+
 from unimodal.attention.backends import AttentionPlan, Fields, xformers_available  # noqa: E402
 from unimodal.layout import EncodedDoc, VisualSegment, pack  # noqa: E402
 
@@ -168,11 +170,7 @@ def main() -> None:
         "torch": torch.__version__,
         "results": rows,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json(result, args.out, echo=True)
 
 
 if __name__ == "__main__":

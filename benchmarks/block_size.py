@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import write_json  # noqa: E402
+
 TASKS = ["shapes-scenes-t2i", "shapes-scenes-caption", "val-loss"]
 
 
@@ -115,9 +117,7 @@ def main() -> None:
             "overrides": args.overrides,
             "results": rows,
         }
-        if args.out:  # rewritten after every block size: a long study keeps what it has
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.out)  # rewritten after every block size: a long study keeps what it has
     keys = ["block", "blocks_per_image", "val_image_loss", "t2i_recall", "t2i_precision", "t2i_count_accuracy"]
     keys += ["t2i_correct", "caption_exact", "sampling_s", "train_s"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))

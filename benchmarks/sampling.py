@@ -36,7 +36,6 @@ Output: one JSON object on stdout (and in `--out`, rewritten after every configu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -48,6 +47,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import write_json  # noqa: E402
 
 from unimodal import ModelConfig, UnifiedModel  # noqa: E402
 from unimodal.pipeline import Pipeline  # noqa: E402
@@ -625,15 +626,9 @@ def main(argv: list[str] | None = None) -> dict:
         for bs in args.block_sizes:
             for batch in args.batches:
                 result["configs"].append(bench_config(args, tok, base, bs, batch, threads))
-                if args.out:  # partial results survive an interrupted run
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(result, indent=2) + "\n")
+                write_json(result, args.out)  # partial results survive an interrupted run
     result["loadavg_end"] = loadavg()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json(result, args.out, echo=True)
     return result
 
 

@@ -24,7 +24,6 @@ One JSON object is printed (and written to `--out`).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -36,6 +35,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import write_json  # noqa: E402
 
 from unimodal import UnifiedModel  # noqa: E402
 from unimodal.attention.backends import Fields, dense_mask  # noqa: E402
@@ -184,11 +185,7 @@ def main() -> None:
             {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count, "share": e.self_cpu_time_total / t}
             for e in rows
         ]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_json(result, args.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -129,11 +129,6 @@ def losses(
         text_count = int((targets != IGNORE).sum())
         if text_count:
             text_sum = F.cross_entropy(out.text_logits.float(), targets, ignore_index=IGNORE, reduction="sum")
-    if out.pred is None and torch.is_grad_enabled():
-        # no noisy tokens here (e.g. only captioning pairs): the diffusion-only weights (timestep
-        # embedder, AdaLN, diffusion head) still join the graph with zero gradients, because
-        # data-parallel ZeRO reduces gradients in a fixed order that every rank must follow
-        image_sum = image_sum + sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
     text_den, image_den = denominators or (text_count, image_count)
     text = text_sum / max(text_den, 1)
     image = image_sum / max(image_den, 1)

@@ -213,15 +213,16 @@ class UnifiedModel(nn.Module):
         image, and these matrix-vector products are a fixed cost of each small denoising step."""
         if torch.is_grad_enabled():
             cond = self.condition(self.timestep_input(t), labels)
-            rows = torch.stack([blk.adaLN_modulation(cond) for blk in self.blocks], 1)
+            rows = [blk.adaLN_modulation(cond) for blk in self.blocks]
             head = self.final_layer.adaLN_modulation(cond)
         else:
-            rows, head = self._remembered_rows(t, labels)
+            stacked, head = self._remembered_rows(t, labels)
+            rows = stacked.unbind(1)
         d = self.cfg.dim
-        identity = torch.zeros(1, 6 * d, dtype=rows.dtype, device=rows.device)
+        identity = torch.zeros(1, 6 * d, dtype=head.dtype, device=head.device)
         identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
         identity[:, 5 * d :] = 1.0  # gate_mlp
-        return [torch.cat([rows[:, i], identity]) for i in range(rows.shape[1])], head
+        return [torch.cat([r, identity]) for r in rows], head
 
     def _remembered_rows(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(NB, depth, 6*dim) block rows and (NB, 2*dim) head rows, from the memo where it has them."""
@@ -295,9 +296,14 @@ class UnifiedModel(nn.Module):
         noisy = layout.noisy
         has_noisy = bool(noisy.any())
         mods, head_table, gather = [None] * cfg.depth, None, None
-        if has_noisy:
-            if t is None:
-                raise ValueError("the layout has noisy tokens but no timesteps t were given")
+        if has_noisy and t is None:
+            raise ValueError("the layout has noisy tokens but no timesteps t were given")
+        if has_noisy or (self.training and torch.is_grad_enabled()):
+            # a training batch without noisy tokens (only captioning) still runs the AdaLN path on
+            # zero blocks: every weight joins the graph (zero gradients), as data-parallel ZeRO
+            # needs every rank to reduce the same gradients, and ZeRO-3 gathers weights only here
+            if not has_noisy:
+                t, labels = torch.zeros(0, device=x.device), None
             mods, head_table = self.adaln_tables(t, labels)
             gather = torch.where(noisy, layout.block, t.shape[0])
         if depth is not None and cache is not None:
@@ -324,7 +330,7 @@ class UnifiedModel(nn.Module):
             step.end()
         if not heads or depth is not None:
             return ModelOutput(x, None, None)
-        pred = self.final_layer(x[noisy], head_table[layout.block[noisy]]) if has_noisy else None
+        pred = self.final_layer(x[noisy], head_table[layout.block[noisy]]) if head_table is not None else None
         text_logits = None
         if self.tok_embedder is not None:
             text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])

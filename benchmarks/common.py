@@ -1,0 +1,17 @@
+"""What every benchmark script shares: writing its JSON result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_json(result: dict[str, Any], out: Path | None, echo: bool = False) -> None:
+    """Write `result` to `out` (if given; parents created), and print it too with `echo`."""
+    text = json.dumps(result, indent=2)
+    if echo:
+        print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -180,3 +180,35 @@ def test_adaln_memo_equals_fresh_tables_and_follows_weight_updates():
     with torch.no_grad():
         tables, head = model.adaln_tables(t, batch.block_label)
     assert tables[0].dtype == head.dtype == torch.float64
+
+
+def test_reused_plan_equals_fresh_forwards_and_refuses_stale_use():
+    """A sampler's steps share one ForwardPlan: same outputs as planning every step; a committing
+    plan runs once, and a plan whose cache rows grew is refused."""
+    cfg = ModelConfig.from_preset("micro", num_classes=0)
+    model = random_model(cfg)
+    doc = Document([Text(ids=[1, 2, 3]), Image(image(0, 8))])
+    batch = pack([encode_document(doc, cfg.patch_size, cfg.block_spec)], cfg.patch_dim)
+    lay = batch.layout
+    prefix = torch.tensor([[0, 1, 2]])  # the text, committed first
+    block0 = ((lay.block == 0) & lay.noisy).nonzero()[:, 1].unsqueeze(0)
+    cache = model.new_cache(1, max_len=lay.shape[1])
+    sub = lay.index(prefix)
+    with torch.no_grad():
+        model(batch.tokens.gather(1, prefix), batch.patches[:, :3], sub, cache=cache, commit=~sub.noisy)
+        noisy = lay.index(block0)
+        plan = model.plan(noisy, cache)
+        g = torch.Generator().manual_seed(0)
+        for t in (0.9, 0.5, 0.1):
+            x = torch.randn(1, block0.shape[1], cfg.patch_dim, generator=g)
+            tt = torch.tensor([t] * int(batch.block_label.numel()))
+            fresh = model(batch.tokens.gather(1, block0), x, noisy, t=tt, cache=cache)
+            planned = model(batch.tokens.gather(1, block0), x, noisy, t=tt, plan=plan)
+            torch.testing.assert_close(planned.pred, fresh.pred, rtol=0, atol=0)
+        committing = model.plan(sub, cache, commit=~sub.noisy)
+        model(batch.tokens.gather(1, prefix), batch.patches[:, :3], sub, plan=committing)
+        with pytest.raises(RuntimeError, match="only one forward"):
+            model(batch.tokens.gather(1, prefix), batch.patches[:, :3], sub, plan=committing)
+        assert not plan.reusable()
+        with pytest.raises(RuntimeError, match="changed since it was built"):
+            model(batch.tokens.gather(1, block0), x, noisy, t=tt, plan=plan)

@@ -69,6 +69,7 @@ class Engine:
         self.history: list[dict[str, torch.Tensor]] = [{} for _ in range(rows)]  # uncached: committed tokens
         self.grid: tuple[int, int, int] | None = None
         self.blocks: list[dict[int, torch.Tensor]] = [{} for _ in range(rows)]  # committed clean blocks
+        self._plans: dict[tuple, tuple] = {}  # (block, rows) -> (layout, tokens, ForwardPlan), current block
 
     # ------------------------------------------------------------------------------- one forward
 
@@ -105,6 +106,28 @@ class Engine:
                     clean = ~ch["noisy"]
                     self.history[c] = _cat(self.history[c], {k: v[clean] for k, v in ch.items()})
         return self._outputs(out, lay, starts, [len(ch["unit"]) for ch in chunks])
+
+    def denoise(
+        self, cache_rows: list[int], k: int, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """A denoising step that commits nothing: block k's noisy values x (Rq, B, D) of query rows
+        reading `cache_rows`; returns the predictions (Rq, B, D). With the cache, the step's layout
+        and `ForwardPlan` (mask, cache view, RoPE tables) are built once per block and row set and
+        reused by the sampler's later steps; only x and t change between them."""
+        if not self.use_cache:
+            segs = [[BlockSeg(k, x[q], noisy=True)] for q in range(len(cache_rows))]
+            return self.run(cache_rows, segs, [False] * len(cache_rows), t=t, labels=labels)[0]
+        key = (k, tuple(cache_rows))
+        if key not in self._plans or not self._plans[key][2].reusable():
+            if any(other[0] != k for other in self._plans):
+                self._plans.clear()  # a new block: the cache has grown since
+            chunks = [self._chunk(c, [BlockSeg(k, x[q], noisy=True)]) for q, c in enumerate(cache_rows)]
+            lay, tokens, _, _ = self._pack(chunks, None)
+            plan = self.model.plan(lay, self.cache, cache_rows=torch.tensor(cache_rows, device=self.device))
+            self._plans[key] = (lay, tokens, plan)
+        lay, tokens, plan = self._plans[key]
+        out = self.model(tokens, x.to(self.device, self.dtype), lay, t=t, labels=labels, plan=plan)
+        return out.pred.view(x.shape)
 
     def _chunk(self, c: int, segs: list[TextSeg | BlockSeg]) -> dict[str, torch.Tensor]:
         """Per-token fields (token, patch, unit, pos, noisy, mod) of segments appended to cache row
@@ -201,6 +224,7 @@ class Engine:
             self.grid = grid
         for c in cache_rows:
             self.image_unit[c], self.image_index[c] = self.unit[c], self.index[c]
+        self._plans.clear()
 
     def end_image(self, cache_rows: list[int]) -> None:
         n = self.block_pos.shape[0]
@@ -259,7 +283,11 @@ class Engine:
                     commit.append(br_commit and prev is not None)
                 lab.append(br_labels)
             tt = torch.full((len(cache_rows),), float(t), device=self.device)
-            pred, _ = self.run(cache_rows, segs, commit, t=tt, labels=torch.cat(lab).to(self.device))
+            lab = torch.cat(lab).to(self.device)
+            if prev is None:  # nothing to commit: the same layout as the block's other steps
+                pred = self.denoise(cache_rows, k, x.repeat(len(branches), 1, 1), tt, lab)
+            else:
+                pred, _ = self.run(cache_rows, segs, commit, t=tt, labels=lab)
             pred = pred.float().cpu()
             if not guided:
                 return pred[:g]
@@ -283,6 +311,7 @@ class Engine:
         removed and prefilled again), so both paths compute the same thing and no cached value
         carries information from a dropped block."""
         kept = sorted(k for k in self.blocks[cache_rows[0]] if k >= hi)
+        self._plans.clear()
         for c in cache_rows:
             u0 = int(self.image_unit[c])
             self.blocks[c] = {k: v for k, v in self.blocks[c].items() if k >= hi}

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttentionPlan, Fields, resolve_backend
+from .attention import AttentionPlan
 from .config import ModelConfig
+from .forward_plan import ForwardPlan
 from .kv_cache import CacheStep, KVCache
 from .layout import TEXT, Layout
 from .rope import RopeND
@@ -33,9 +34,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight.to(x.dtype) * xf.to(x.dtype)  # stays in x's dtype (bf16 under autocast)
+        shape = (x.shape[-1],)
+        if x.dtype == torch.float32:  # one fused op: a few microseconds less per small decoding step
+            return F.rms_norm(x, shape, self.weight, self.eps)
+        # normalised in float32, then scaled in x's dtype (bf16 under autocast)
+        return F.rms_norm(x.float(), shape, eps=self.eps).to(x.dtype) * self.weight.to(x.dtype)
 
 
 class TimestepEmbedder(nn.Module):
@@ -168,6 +171,7 @@ class UnifiedModel(nn.Module):
             self.text_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.rope = RopeND(cfg.head_dim, tuple(cfg.rope_sections), tuple(cfg.rope_theta), cfg.rope)
         self._adaln_memo: dict[tuple, tuple] = {}
+        self._adaln_bytes = 0
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -211,21 +215,37 @@ class UnifiedModel(nn.Module):
         Without gradients the rows are remembered per distinct (t, label) for as long as the
         weights stay the same: a sampler runs the same few timesteps for every block of every
         image, and these matrix-vector products are a fixed cost of each small denoising step."""
-        if torch.is_grad_enabled():
-            cond = self.condition(self.timestep_input(t), labels)
-            rows = [blk.adaLN_modulation(cond) for blk in self.blocks]
-            head = self.final_layer.adaLN_modulation(cond)
-        else:
-            stacked, head = self._remembered_rows(t, labels)
-            rows = stacked.unbind(1)
+        if not torch.is_grad_enabled():
+            return self._remembered_tables(t, labels)
+        cond = self.condition(self.timestep_input(t), labels)
+        rows = [blk.adaLN_modulation(cond) for blk in self.blocks]
+        head = self.final_layer.adaLN_modulation(cond)
+        return [self._with_identity(r) for r in rows], head
+
+    def _with_identity(self, rows: torch.Tensor) -> torch.Tensor:
+        """A block's table: its (NB, 6*dim) rows, then the identity row of clean tokens (no shift,
+        no scale, gates 1)."""
         d = self.cfg.dim
-        identity = torch.zeros(1, 6 * d, dtype=head.dtype, device=head.device)
+        identity = torch.zeros(1, 6 * d, dtype=rows.dtype, device=rows.device)
         identity[:, 2 * d : 3 * d] = 1.0  # gate_attn
         identity[:, 5 * d :] = 1.0  # gate_mlp
-        return [torch.cat([r, identity]) for r in rows], head
+        return torch.cat([rows, identity])
 
-    def _remembered_rows(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(NB, depth, 6*dim) block rows and (NB, 2*dim) head rows, from the memo where it has them."""
+    def _remembered_tables(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[list, torch.Tensor]:
+        """`adaln_tables` without gradients: whole tables are remembered per sequence of (t, label)
+        (a sampler's step repeats for every block), rows per distinct (t, label)."""
+        keys = self._adaln_keys(t, labels)
+        whole = ("tables", tuple(keys))
+        if whole not in self._adaln_memo:
+            stacked, head = self._remembered_rows(t, keys)
+            tables = [self._with_identity(r) for r in stacked.unbind(1)]
+            nbytes = (sum(x.numel() for x in tables) + head.numel()) * head.element_size()
+            self._remember(whole, (tables, head), nbytes)
+        return self._adaln_memo[whole]
+
+    def _adaln_keys(self, t: torch.Tensor, labels: torch.Tensor | None) -> list[tuple]:
+        """One memo key per block: the weights' state (storage, version; autocast dtype, device) and
+        its (t, label)."""
         dev = t.device.type
         state = (
             torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None,
@@ -233,22 +253,31 @@ class UnifiedModel(nn.Module):
             tuple((p.data_ptr(), p._version) for p in self._adaln_params()),  # moved, cast or updated
         )
         y = torch.full_like(t, -1, dtype=torch.long) if labels is None else labels.long().clamp(min=-1)
-        keys = [(state, a, b) for a, b in zip(t.tolist(), y.tolist(), strict=True)]
+        return [(state, a, b) for a, b in zip(t.tolist(), y.tolist(), strict=True)]
+
+    def _remember(self, key: tuple, value, nbytes: int) -> None:
+        """Store in the AdaLN memo, bounded at 256 MiB (cleared whole when it would pass that)."""
+        if self._adaln_bytes + nbytes > 256 << 20:
+            self._adaln_memo.clear()
+            self._adaln_bytes = 0
+        self._adaln_memo[key] = value
+        self._adaln_bytes += nbytes
+
+    def _remembered_rows(self, t: torch.Tensor, keys: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NB, depth, 6*dim) block rows and (NB, 2*dim) head rows, from the memo where it has them."""
         memo = self._adaln_memo
         new = list(dict.fromkeys(k for k in keys if k not in memo))
+        found = {}
         if new:
             tt = torch.tensor([k[1] for k in new], dtype=t.dtype, device=t.device)
             yy = torch.tensor([k[2] for k in new], dtype=torch.long, device=t.device)
             cond = self.condition(self.timestep_input(tt), yy)
             rows = torch.stack([blk.adaLN_modulation(cond) for blk in self.blocks], 1)
             head = self.final_layer.adaLN_modulation(cond)
-            pair_bytes = (rows[0].numel() + head[0].numel()) * rows.element_size()
-            if (len(memo) + len(new)) * pair_bytes > 256 << 20:  # bounded: 256 MiB
-                memo.clear()
-            memo.update({k: (rows[i], head[i]) for i, k in enumerate(new)})
             found = {k: (rows[i], head[i]) for i, k in enumerate(new)}
-        else:
-            found = {}
+            pair_bytes = (rows[0].numel() + head[0].numel()) * rows.element_size()
+            for k, v in found.items():
+                self._remember(k, v, pair_bytes)
         pairs = [found.get(k) or memo[k] for k in keys]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
@@ -278,6 +307,7 @@ class UnifiedModel(nn.Module):
         backend: str | None = None,
         heads: bool = True,
         depth: int | None = None,
+        plan: ForwardPlan | None = None,
     ) -> ModelOutput:
         """Run the trunk over the tokens described by `layout` (R, L).
 
@@ -286,42 +316,42 @@ class UnifiedModel(nn.Module):
         `layout.block`. With `cache`, the tokens attend to the cached clean context as well (query
         row r reads cache row `cache_rows[r]`, default r), and the tokens flagged in `commit` (R, L)
         are appended to the cache. `depth` runs only the first `depth` blocks and returns their
-        hidden states without heads (embeddings from an intermediate layer).
+        hidden states without heads (embeddings from an intermediate layer). `plan` (from `plan`)
+        replaces cache, commit, cache_rows and backend: a sampler's steps over one layout reuse it.
         """
         cfg = self.cfg
+        if plan is None:
+            if depth is not None and cache is not None:
+                raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
+            plan = self.plan(layout, cache, commit, cache_rows, backend)
+        elif cache is not None or commit is not None or cache_rows is not None:
+            raise ValueError("pass the cache, commit and cache_rows to `plan`, not with a plan")
+        plan.begin()
+        # with gradients, every weight joins the graph even where its modality is absent (ZeRO)
+        grad = torch.is_grad_enabled()
         x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
-        if self.tok_embedder is not None:
+        if self.tok_embedder is not None and (plan.has_text or grad):
             is_text = (layout.modality == TEXT).unsqueeze(-1)
             x = torch.where(is_text, self.tok_embedder(tokens.clamp(0, cfg.vocab_size - 1)).to(x.dtype), x)
         noisy = layout.noisy
-        has_noisy = bool(noisy.any())
-        mods, head_table, gather = [None] * cfg.depth, None, None
-        if has_noisy and t is None:
+        mods, head_table = [None] * cfg.depth, None
+        if plan.has_noisy and t is None:
             raise ValueError("the layout has noisy tokens but no timesteps t were given")
-        if has_noisy or (self.training and torch.is_grad_enabled()):
+        if plan.has_noisy or (self.training and grad):
             # a training batch without noisy tokens (only captioning) still runs the AdaLN path on
             # zero blocks: every weight joins the graph (zero gradients), as data-parallel ZeRO
             # needs every rank to reduce the same gradients, and ZeRO-3 gathers weights only here
-            if not has_noisy:
+            if not plan.has_noisy:
                 t, labels = torch.zeros(0, device=x.device), None
             mods, head_table = self.adaln_tables(t, labels)
-            gather = torch.where(noisy, layout.block, t.shape[0])
-        if depth is not None and cache is not None:
-            raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
-        step = cache.begin(layout, commit, cache_rows) if cache is not None else None
-        q_fields = Fields.of(layout, offset=step.span if step is not None else 0)
-        if step is not None:
-            plan = AttentionPlan(q_fields, step.fields().cat(q_fields), "dense" if backend is None else backend)
-        else:
-            name = resolve_backend(backend or cfg.attention, layout.doc.shape[1], x.device, x.requires_grad)
-            plan = AttentionPlan(q_fields, q_fields, name)
+        gather = plan.gather(t.shape[0]) if head_table is not None else None
+        step = plan.step
         # the tables in the dtype q and k will have (bf16 under autocast), cast once for all layers
         dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        tables = tuple(t.to(dtype) for t in self.rope.tables(layout.pos))
+        tables = plan.rope_tables(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
         blocks = self.blocks if depth is None else self.blocks[:depth]
         for i, blk in enumerate(blocks):
-            args = (x, mods[i], gather, self.rope, tables, plan, step, i)
+            args = (x, mods[i], gather, self.rope, tables, plan.attention, step, i)
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, *args, use_reentrant=False)
             else:
@@ -330,11 +360,27 @@ class UnifiedModel(nn.Module):
             step.end()
         if not heads or depth is not None:
             return ModelOutput(x, None, None)
-        pred = self.final_layer(x[noisy], head_table[layout.block[noisy]]) if head_table is not None else None
+        pred = None
+        if head_table is not None and (plan.has_noisy or grad):
+            pred = self.final_layer(x[noisy], head_table[layout.block[noisy]])
         text_logits = None
-        if self.tok_embedder is not None:
+        if self.tok_embedder is not None and (plan.has_text or grad):
             text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])
         return ModelOutput(x, pred, text_logits)
+
+    def plan(
+        self,
+        layout: Layout,
+        cache: KVCache | None = None,
+        commit: torch.Tensor | None = None,
+        cache_rows: torch.Tensor | None = None,
+        backend: str | None = None,
+    ) -> ForwardPlan:
+        """The layout-derived part of a forward (mask, cache view, RoPE tables), to pass to
+        several `forward(..., plan=...)` calls over the same layout (a sampler's steps)."""
+        needs_grad = torch.is_grad_enabled() and self.x_embedder.weight.requires_grad
+        backend = backend or ("dense" if cache is not None else self.cfg.attention)
+        return ForwardPlan(layout, self.rope, cache, commit, cache_rows, backend, needs_grad)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.text_norm(h)

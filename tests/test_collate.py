@@ -103,6 +103,23 @@ def test_image_first_pairs_can_train_captioning_only(tok):
     assert 0 < int(only.layout.noisy.any(1).sum()) < len(docs)
 
 
+def test_noisy_copies_in_packed_rows(tok):
+    """noisy_copies=2 with packed rows: every generated block has two noisy copies, the clean
+    tokens and text targets stay those of one copy, rows are filled by the right lengths, and a bad
+    value names the key."""
+    docs = list(load_builtin("shapes", task="t2i", n=16))
+    one = Collator(tok, cfg16(), CollateConfig(pack_rows=256))(docs, np.random.default_rng(0))
+    col = Collator(tok, cfg16(), CollateConfig(pack_rows=256, noisy_copies=2))
+    two = col(docs, np.random.default_rng(0))
+    assert int(two.layout.noisy.sum()) == 2 * int(one.layout.noisy.sum())
+    assert set(two.layout.stream.unique().tolist()) == {0, 1, 2}
+    assert torch.equal(two.text_targets[two.text_targets != IGNORE], one.text_targets[one.text_targets != IGNORE])
+    lengths = [col.doc_length(col.encode(d, np.random.default_rng(0))) for d in docs]
+    assert sum(lengths) == int((two.layout.doc >= 0).sum()) and two.layout.shape[1] == 256
+    with pytest.raises(ValueError, match="noisy_copies"):
+        CollateConfig(noisy_copies=0)
+
+
 def test_prompt_dropout_uses_the_null_token(tok):
     docs = list(load_builtin("shapes", task="t2i", n=8))
     col = Collator(tok, cfg16(), CollateConfig(prompt_dropout=1.0))

@@ -164,3 +164,40 @@ def test_data_parallel_shards_sum_to_the_global_gradient(image_first_diffusion):
             (losses(model, b, diffusion, denominators=tuple(counts))["loss"] / 2).backward()
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, expect[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_noisy_copies_equal_separate_one_copy_forwards():
+    """A batch with 2 noisy copies per block predicts, for each copy, exactly what a one-copy batch
+    predicts given that copy's x_t and t: the copies share the clean pass and nothing else."""
+    cfg = ModelConfig.from_preset("micro")
+    torch.manual_seed(0)
+    model = UnifiedModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)
+    model.eval()
+    rng = np.random.default_rng(0)
+    docs = [
+        Document([Text(ids=[1, 2, 3]), Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), Text(ids=[4, 5])]),
+        Document([Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))], label=2),
+    ]
+    enc = [encode_document(d, cfg.patch_size, cfg.block_spec) for d in docs]
+    two = pack(enc, cfg.patch_dim, noisy_copies=2)
+    nb = noise_batch(two, Diffusion("flow"), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred2 = model(two.tokens, nb.patches, two.layout, t=nb.t, labels=two.block_label, backend="dense").pred
+    stream_of_pred = two.layout.stream[two.layout.noisy]
+    one = pack(enc, cfg.patch_dim)
+    n = one.block_label.numel()
+    assert two.block_label.numel() == 2 * n
+    for c in (1, 2):
+        patches, t = one.patches.clone(), torch.full((n,), float("nan"))
+        for r in range(one.layout.shape[0]):
+            mine, theirs = one.layout.noisy[r], two.layout.stream[r] == c
+            patches[r][mine] = nb.patches[r][theirs]
+            t[one.layout.block[r][mine]] = nb.t[two.layout.block[r][theirs]]
+        assert not t.isnan().any()
+        with torch.no_grad():
+            pred1 = model(one.tokens, patches, one.layout, t=t, labels=one.block_label, backend="dense").pred
+        torch.testing.assert_close(pred2[stream_of_pred == c], pred1, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(pred2[stream_of_pred == 1], pred2[stream_of_pred == 2])

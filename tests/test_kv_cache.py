@@ -63,10 +63,14 @@ def step_layout(lay: Layout, rows: list[tuple[list[int], list[bool]] | None]):
         real[b, : len(r[0])] = True
         commit[b, : len(r[1])] = torch.tensor(r[1])
     sub = lay.index(idx)
-    sub.doc = torch.where(real, sub.doc, -1)
-    sub.noisy = sub.noisy & real
-    sub.modality = torch.where(real, sub.modality, PAD)
-    sub.block = torch.where(real, sub.block, -1)
+    sub = Layout(
+        torch.where(real, sub.doc, -1),
+        sub.unit,
+        torch.where(real, sub.stream, 0),
+        torch.where(real, sub.modality, PAD),
+        sub.pos,
+        torch.where(real, sub.block, -1),
+    )
     return idx, real, sub, commit
 
 

@@ -385,3 +385,26 @@ def test_config_presets_and_round_trip(tmp_path):
     p = tmp_path / "c.json"
     xl.save(p)
     assert ModelConfig.load(p) == xl
+
+
+def test_several_noisy_copies_have_their_own_block_entries():
+    """noisy_copies=3: streams 1..3 after each clean block, same positions and clean patches; copy c
+    of block j uses entry (c - 1) * N + j, so each copy draws its own t; the images map to the
+    first N entries."""
+    doc, seg = _text_image_text()
+    b = pack([doc], patch_dim=2, noisy_copies=3)
+    lay = b.layout
+    n = 4
+    assert b.block_label.numel() == 3 * n and b.block_doc.tolist() == [0] * (3 * n)
+    assert b.images == [(0, 0, seg.grid)]
+    for j in range(n):
+        clean = (lay.unit[0] == 3 + j) & (lay.stream[0] == 0)
+        for c in (1, 2, 3):
+            copy = (lay.unit[0] == 3 + j) & (lay.stream[0] == c)
+            assert copy.sum() == 4
+            assert torch.equal(lay.pos[0][clean], lay.pos[0][copy])
+            assert lay.block[0][copy].tolist() == [(c - 1) * n + j] * 4
+            assert torch.equal(b.patches[0][copy], seg.tokens[j])
+    assert int(lay.noisy.sum()) == 3 * 16 and lay.shape[1] == 5 + 4 * 16
+    with pytest.raises(ValueError, match="noisy_copies"):
+        pack([doc], patch_dim=2, noisy_copies=0)

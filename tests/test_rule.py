@@ -370,3 +370,27 @@ def test_offset_indices_do_not_change_real_tokens():
     f5 = Fields.of(batch.layout, offset=5)
     assert torch.equal(f5.idx, f0.idx + 5)
     assert torch.equal(dense_mask(f5, f5), dense_mask(f0, f0))
+
+
+def test_several_noisy_copies_match_the_rule_pair_by_pair():
+    """K noisy copies per block: each copy sees the earlier clean units and itself, never another
+    copy; clean tokens see no copy. Checked pair by pair against the rule written out."""
+    seg = _seg(4, 4, BlockSpec("tiles", 2))
+    batch = pack([EncodedDoc([[5, 6], seg, [7]]), EncodedDoc([seg, [8, 9]])], patch_dim=C, noisy_copies=3)
+    lay = batch.layout
+    assert set(lay.stream.unique().tolist()) == {0, 1, 2, 3}
+    mask = _mask(batch)
+    r, n = lay.shape
+    for row in range(r):
+        doc, unit, stream = (x[row].tolist() for x in (lay.doc, lay.unit, lay.stream))
+        for q in range(n):
+            for k in range(n):
+                if doc[q] < 0:
+                    ok = q == k
+                elif doc[q] != doc[k]:
+                    ok = False
+                elif stream[k] == 0:  # a clean key: any strictly earlier unit, or the query's own clean unit
+                    ok = unit[k] < unit[q] or (unit[k] == unit[q] and stream[q] == 0)
+                else:  # a noisy key: only the tokens of the same copy of the same block
+                    ok = unit[k] == unit[q] and stream[k] == stream[q]
+                assert bool(mask[row, q, k]) == ok, (row, q, k)

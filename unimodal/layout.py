@@ -2,10 +2,12 @@
 
 A document becomes a sequence of *units* (ARCHITECTURE.md §2): each text token is one unit, each
 visual block is one unit. Every unit has a clean copy in causal order; during training each visual
-block also gets a noisy copy placed right after its clean copy, with the same positions.
+block also gets a noisy copy placed right after its clean copy, with the same positions, or K
+noisy copies (`noisy_copies`), each with its own timestep, that all read the one clean context:
+more diffusion samples per clean pass (the amortising option of issue 7).
 
 `pack` turns encoded documents into rows (several documents per row, padding at the end) and
-returns a `Batch`: the `Layout` (structure only: doc, unit, noisy, modality, RoPE positions, block
+returns a `Batch`: the `Layout` (structure only: doc, unit, stream, modality, RoPE positions, block
 index), the model inputs (token ids, patch features) and the text targets. The mask, RoPE, AdaLN,
 losses and the KV cache all read these fields; nothing re-derives structure.
 """
@@ -76,17 +78,22 @@ class Layout:
     """Per-token structure of R packed rows of length L (all tensors (R, L) unless noted).
 
     doc: document id within the batch, -1 for padding.  unit: autoregressive step within the
-    document.  noisy: token belongs to a noisy copy.  modality: TEXT, VISUAL or PAD.
-    pos: (R, L, 3) RoPE positions (t, h, w).  block: index into the batch's block table for visual
-    tokens (clean and noisy copies share it), -1 otherwise.
+    document.  stream: 0 for clean tokens, c >= 1 for the c-th noisy copy of a block (a boolean
+    tensor is the one-copy case).  modality: TEXT, VISUAL or PAD.  pos: (R, L, 3) RoPE positions
+    (t, h, w).  block: index into the batch's block table for visual tokens (a block's clean copy
+    and first noisy copy share it; further copies have their own entries, for their own t), -1
+    otherwise.  `noisy` (derived, not a field): stream != 0.  Treat a Layout as immutable.
     """
 
     doc: torch.Tensor
     unit: torch.Tensor
-    noisy: torch.Tensor
+    stream: torch.Tensor
     modality: torch.Tensor
     pos: torch.Tensor
     block: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.noisy = self.stream != 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -139,33 +146,37 @@ class Batch:
         )
 
 
-def _doc_tokens(doc: EncodedDoc, with_noisy: bool) -> dict[str, list]:
-    """Flatten one document into per-token lists (no padding), positions M-RoPE style."""
-    cols: dict[str, list] = {k: [] for k in ("unit", "noisy", "modality", "pos", "block", "token", "patch")}
-    blocks: list[torch.Tensor] = []
+def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int = 1) -> dict[str, list]:
+    """Flatten one document into per-token lists (no padding), positions M-RoPE style. Each block
+    of a noisy segment gets `copies` noisy copies; copy c >= 2 of the document's block j uses block
+    entry (c - 1) * n + j, n being the document's block count."""
+    cols: dict[str, list] = {k: [] for k in ("unit", "stream", "modality", "pos", "block", "token", "patch")}
+    n_blocks = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
+    blocks = 0
     unit = 0
     index = 0  # running RoPE index
     for seg in doc.segments:
         if isinstance(seg, VisualSegment):
             n, b, _ = seg.tokens.shape
             extent = max(seg.grid)
+            streams = range(copies + 1) if with_noisy and seg.noisy else range(1)
             for j in range(n):
                 pos = (seg.pos[j] + index).tolist()
-                for copy in (False, True) if with_noisy and seg.noisy else (False,):
+                for c in streams:
                     cols["unit"] += [unit] * b
-                    cols["noisy"] += [copy] * b
+                    cols["stream"] += [c] * b
                     cols["modality"] += [VISUAL] * b
                     cols["pos"] += pos
-                    cols["block"] += [len(blocks)] * b
+                    cols["block"] += [blocks + max(c - 1, 0) * n_blocks] * b
                     cols["token"] += [0] * b
                     cols["patch"].append(seg.tokens[j])
-                blocks.append(seg.tokens[j])
+                blocks += 1
                 unit += 1
             index += extent
         else:
             for tok in seg:
                 cols["unit"].append(unit)
-                cols["noisy"].append(False)
+                cols["stream"].append(0)
                 cols["modality"].append(TEXT)
                 cols["pos"].append([index] * 3)
                 cols["block"].append(-1)
@@ -173,7 +184,7 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool) -> dict[str, list]:
                 cols["patch"].append(None)
                 unit += 1
                 index += 1
-    cols["n_blocks"] = len(blocks)  # type: ignore[assignment]
+    cols["n_blocks"] = n_blocks * (copies if with_noisy and copies > 1 else 1)  # type: ignore[assignment]
     return cols
 
 
@@ -184,6 +195,7 @@ def pack(
     pad_multiple: int = 1,
     with_noisy: bool = True,
     pad_to: int | None = None,
+    noisy_copies: int = 1,
 ) -> Batch:
     """Pack documents into rows, first fit in the given order.
 
@@ -191,9 +203,12 @@ def pack(
     `row_len` tokens. Rows are padded to the longest document (or to `row_len` when packing), or to
     `pad_to` (a sequence-length bucket),
     rounded up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than
-    `row_len`, or rows longer than `pad_to`, are errors naming the length.
+    `row_len`, or rows longer than `pad_to`, are errors naming the length. `noisy_copies`: noisy
+    copies per block (with `with_noisy`), each with its own block entry and so its own t.
     """
-    flat = [_doc_tokens(d, with_noisy) for d in docs]
+    if noisy_copies < 1:
+        raise ValueError(f"noisy_copies must be at least 1, got {noisy_copies}")
+    flat = [_doc_tokens(d, with_noisy, noisy_copies) for d in docs]
     lengths = [len(f["unit"]) for f in flat]
     if row_len is None:
         rows = [[i] for i in range(len(docs))]
@@ -219,7 +234,7 @@ def pack(
     R = len(rows)
     doc_t = torch.full((R, L), -1, dtype=torch.long)
     unit_t = torch.zeros((R, L), dtype=torch.long)
-    noisy_t = torch.zeros((R, L), dtype=torch.bool)
+    stream_t = torch.zeros((R, L), dtype=torch.long)
     mod_t = torch.full((R, L), PAD, dtype=torch.long)
     pos_t = torch.zeros((R, L, 3), dtype=torch.long)
     block_t = torch.full((R, L), -1, dtype=torch.long)
@@ -234,7 +249,7 @@ def pack(
             sl = slice(off, off + n)
             doc_t[r, sl] = d
             unit_t[r, sl] = torch.tensor(f["unit"], dtype=torch.long)
-            noisy_t[r, sl] = torch.tensor(f["noisy"], dtype=torch.bool)
+            stream_t[r, sl] = torch.tensor(f["stream"], dtype=torch.long)
             mod_t[r, sl] = torch.tensor(f["modality"], dtype=torch.long)
             pos_t[r, sl] = torch.tensor(f["pos"], dtype=torch.long).reshape(n, 3)
             blk = torch.tensor(f["block"], dtype=torch.long)
@@ -262,7 +277,7 @@ def pack(
                     images.append((d, first_block, seg.grid))
                     first_block += seg.tokens.shape[0]
             off += n
-    layout = Layout(doc_t, unit_t, noisy_t, mod_t, pos_t, block_t)
+    layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t)
     return Batch(
         layout,
         tok_t,

@@ -21,11 +21,12 @@ FLEX_TILE = 128  # FlexAttention's block size: rows are padded to a multiple of 
 
 @dataclass
 class Fields:
-    """What the rule reads per token: doc, unit, noisy, and the token's index along its axis (R, L)."""
+    """What the rule reads per token: doc, unit, stream (0 clean, c >= 1 the c-th noisy copy), and
+    the token's index along its axis (R, L)."""
 
     doc: torch.Tensor
     unit: torch.Tensor
-    noisy: torch.Tensor
+    stream: torch.Tensor
     idx: torch.Tensor
 
     @classmethod
@@ -33,13 +34,13 @@ class Fields:
         """Fields of a `Layout`, token indices starting at `offset` (the cache length in inference)."""
         r, n = layout.doc.shape
         idx = torch.arange(offset, offset + n, device=layout.doc.device).expand(r, n)
-        return cls(layout.doc, layout.unit, layout.noisy, idx)
+        return cls(layout.doc, layout.unit, layout.stream, idx)
 
     def cat(self, other: Fields) -> Fields:
         return Fields(*(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
     def astuple(self) -> tuple[torch.Tensor, ...]:
-        return self.doc, self.unit, self.noisy, self.idx
+        return self.doc, self.unit, self.stream, self.idx
 
 
 def dense_mask(q: Fields, k: Fields) -> torch.Tensor:

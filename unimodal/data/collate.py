@@ -8,6 +8,8 @@ Training-time choices live here and are seeded by the generator passed to each c
 - `image_first_rate`: a (text, image) pair is turned into (image, text), so one model learns
   text->image and captioning from the same data; with `image_first_diffusion: false` such an image
   is context only (no noisy copy): those pairs train captioning alone, and are shorter;
+- `noisy_copies`: K noisy copies of every generated block, each with its own t, all reading one
+  clean pass (more diffusion samples per step for less than K times the tokens; docs/training.md);
 - `prompt_dropout`: the text before a document's first image is replaced by the null-prompt token
   (classifier-free guidance in text mode); `label_dropout` does the same to class labels;
 - sequence-length `buckets`: rows are padded to the smallest bucket that fits, so compiled
@@ -34,6 +36,7 @@ class CollateConfig:
 
     image_first_rate: float = 0.0
     image_first_diffusion: bool = True
+    noisy_copies: int = 1
     prompt_dropout: float = 0.0
     label_dropout: float = 0.0
     buckets: list[int] = field(default_factory=list)
@@ -46,6 +49,8 @@ class CollateConfig:
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"CollateConfig.{key} must be in [0, 1], got {v}")
+        if not isinstance(self.noisy_copies, int) or self.noisy_copies < 1:
+            raise ValueError(f"CollateConfig.noisy_copies must be an integer >= 1, got {self.noisy_copies!r}")
         if sorted(self.buckets) != list(self.buckets) or any(b < 1 for b in self.buckets):
             raise ValueError(f"CollateConfig.buckets must be increasing positive lengths, got {self.buckets}")
         if self.on_bad_record not in ("raise", "skip"):
@@ -78,7 +83,10 @@ class Collator:
         """Tokens the document takes in a training row (clean and noisy copies)."""
         n = 0
         for seg in enc.segments:
-            n += (1 + seg.noisy) * seg.tokens[..., 0].numel() if isinstance(seg, VisualSegment) else len(seg)
+            if isinstance(seg, VisualSegment):
+                n += (1 + self.cfg.noisy_copies * seg.noisy) * seg.tokens[..., 0].numel()
+            else:
+                n += len(seg)
         return n
 
     def encode(
@@ -173,10 +181,16 @@ class Collator:
             raise ValueError(f"{self.name}: every document of the batch was a bad record ({self.policy.summary()})")
         cfg = self.cfg
         if cfg.pack_rows:
-            batch = pack(enc, self.model_cfg.patch_dim, row_len=cfg.pack_rows, pad_multiple=cfg.pad_multiple)
+            batch = pack(
+                enc, self.model_cfg.patch_dim, row_len=cfg.pack_rows, pad_multiple=cfg.pad_multiple,
+                noisy_copies=cfg.noisy_copies,
+            )  # fmt: skip
         else:
             longest = max(self.doc_length(e) for e in enc)
-            batch = pack(enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest))
+            batch = pack(
+                enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest),
+                noisy_copies=cfg.noisy_copies,
+            )  # fmt: skip
         # the null prompt stands in for dropped text; it is never a text target to learn
         if self.tok is not None:
             batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE

@@ -16,7 +16,9 @@ preset and width/depth given here. One step = the diffusion + text losses forwar
   this run with the same thread count (so `mfu` is relative to what this CPU does today).
 - `layout_s`: collation and packing of one batch (the data pipeline's share, done on the main
   thread in training), reported beside `step_s` as `layout_fraction`.
-- `compiles`: torch.compile frames compiled during the timed steps (0 unless `--compile`).
+- `compiles`: torch.compile graphs compiled during the timed steps (0 unless `--compile`), and
+  `compiles_per_step` beside `rows_per_step` (packed rows vary from batch to batch): a steady
+  state compiles nothing.
 
 One JSON object is printed (and written to `--out`).
 """
@@ -134,14 +136,15 @@ def main() -> None:
         step(b)
     from torch._dynamo.utils import counters
 
-    compiles_before = counters["stats"]["unique_graphs"]
-    times, tokens = [], []
+    times, tokens, compiles_per_step = [], [], []
     for b in batches[args.warmup :]:
+        before = counters["stats"]["unique_graphs"]
         t0 = time.perf_counter()
         step(b)
         times.append(time.perf_counter() - t0)
+        compiles_per_step.append(counters["stats"]["unique_graphs"] - before)
         tokens.append(int((b.layout.doc >= 0).sum()))
-    compiles = counters["stats"]["unique_graphs"] - compiles_before
+    compiles = sum(compiles_per_step)
 
     lin, att = model_flops(model, batches[-1], diffusion, dtype)
     flops_per_step = 3 * (lin + att)
@@ -172,6 +175,8 @@ def main() -> None:
         "layout_s": statistics.median(layout_times),
         "layout_fraction": statistics.median(layout_times) / step_s,
         "compiles": compiles,
+        "compiles_per_step": compiles_per_step,
+        "rows_per_step": [b.layout.shape[0] for b in batches[args.warmup :]],
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
     }
     if args.profile:

@@ -42,10 +42,11 @@ The launch command is printed and also written to RUN_DIR/launch.log, with the r
 EOF
 }
 
-die() { echo "multinode.sh: $*" >&2; echo "(run with --help for usage)" >&2; exit 2; }
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+PROG=multinode.sh
+# shellcheck source=training/launch/common.sh
+source "$HERE/common.sh"
 
 config="" out="" hostfile="${HOSTFILE:-$HERE/hostfile}" nodes="" gpus="" master_addr="" master_port="${MASTER_PORT:-29500}"
 dry_run=0
@@ -86,12 +87,8 @@ if [[ -n "$nodes" ]]; then
     hosts=("${hosts[@]:0:$nodes}")
 fi
 master_addr="${master_addr:-${hosts[0]}}"
-# A recipe name resolves against the checkout (the same path on every node).
-if [[ "$config" != */* && "$config" != *.yaml && "$config" != *.yml ]]; then
-    config="$ROOT/training/configs/$config.yaml"
-fi
-[[ -f "$config" ]] || die "recipe '$config' not found"
-out="$(mkdir -p "$out" && cd "$out" && pwd)"  # absolute: every rank resolves the same path
+config="$(resolve_recipe "$config")"
+out="$(resolve_out "$out")"
 
 cmd=(deepspeed --hostfile "$hostfile" --master_addr "$master_addr" --master_port "$master_port")
 [[ -n "$nodes" ]] && cmd+=(--num_nodes "$nodes")
@@ -101,11 +98,7 @@ cmd+=("${ds_args[@]}")
 # --no_local_rank leaves out the --local_rank argument (the rank comes from LOCAL_RANK).
 cmd+=(--no_python --no_local_rank unimodal train --config "$config" --out "$out" --resume auto "${overrides[@]}")
 
-{
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname): ${#hosts[@]} node(s): ${hosts[*]}"
-    printf '%q ' "${cmd[@]}"
-    echo
-} | tee -a "$out/launch.log"
+log_launch "$out" "${#hosts[@]} node(s): ${hosts[*]}" "${cmd[@]}"
 [[ "$dry_run" -eq 1 ]] && exit 0
 cd "$ROOT"
 exec "${cmd[@]}"

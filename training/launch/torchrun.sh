@@ -35,10 +35,11 @@ usage: training/launch/torchrun.sh -c RECIPE -o RUN_DIR [-N NODES] [-r NODE_RANK
 EOF
 }
 
-die() { echo "torchrun.sh: $*" >&2; echo "(run with --help for usage)" >&2; exit 2; }
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+PROG=torchrun.sh
+# shellcheck source=training/launch/common.sh
+source "$HERE/common.sh"
 
 first_slurm_host() {
     [[ -n "${SLURM_JOB_NODELIST:-}" ]] && command -v scontrol >/dev/null || return 0
@@ -86,11 +87,8 @@ master_addr="${master_addr:-127.0.0.1}"
 if [[ "$nodes" -gt 1 && ( "$master_addr" == 127.* || "$master_addr" == localhost ) ]]; then
     die "$nodes nodes need -m MASTER_ADDR, an address of node 0 that every node reaches"
 fi
-if [[ "$config" != */* && "$config" != *.yaml && "$config" != *.yml ]]; then
-    config="$ROOT/training/configs/$config.yaml"
-fi
-[[ -f "$config" ]] || die "recipe '$config' not found"
-out="$(mkdir -p "$out" && cd "$out" && pwd)"
+config="$(resolve_recipe "$config")"
+out="$(resolve_out "$out")"
 
 # Static rendezvous: node 0 listens on MASTER_ADDR:MASTER_PORT, the others connect. `unimodal`
 # is a console script, so --no-python runs it as it is; torchrun passes the ranks in the
@@ -99,11 +97,7 @@ cmd=(torchrun --nnodes "$nodes" --node-rank "$node_rank" --nproc-per-node "$gpus
      --master-addr "$master_addr" --master-port "$master_port" --no-python
      unimodal train --config "$config" --out "$out" --resume auto "${overrides[@]}")
 
-{
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname): node $node_rank of $nodes, $gpus process(es)"
-    printf '%q ' "${cmd[@]}"
-    echo
-} | tee -a "$out/launch.log"
+log_launch "$out" "node $node_rank of $nodes, $gpus process(es)" "${cmd[@]}"
 [[ "$dry_run" -eq 1 ]] && exit 0
 cd "$ROOT"
 exec "${cmd[@]}"

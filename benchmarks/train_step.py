@@ -159,7 +159,7 @@ def main() -> None:
         "batch": args.batch,
         "rows": int(batches[-1].layout.doc.shape[0]),
         "row_length": int(batches[-1].layout.doc.shape[1]),
-        "padding": 1 - statistics.median(tokens) / batches[-1].layout.doc.numel(),
+        "padding": 1 - sum(tokens) / sum(b.layout.doc.numel() for b in batches[args.warmup :]),
         "tokens_per_step": statistics.median(tokens),
         "dtype": args.dtype,
         "threads": args.threads,

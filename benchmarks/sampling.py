@@ -422,6 +422,7 @@ def forward_floor(model: UnifiedModel, n: int, calls: int = 50) -> dict:
             torch.full((1, n), VISUAL),
             torch.zeros(1, n, 3, dtype=torch.long),
             z,
+            z,
         )
         patches, t = torch.randn(1, n, m.cfg.patch_dim), torch.tensor([0.5])
         times = []

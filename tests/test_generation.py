@@ -116,9 +116,11 @@ def test_interleaved_state_machine(tok):
         assert np.asarray(d.segments[1].data).shape == (8, 8, 3)
 
 
-def test_text_after_an_image_sees_the_clean_image(tok):
-    """The logits after <eoi> from the engine equal the training forward on the clean document."""
-    model = random_model(tok, block_size=2)
+@pytest.mark.parametrize("abs_pos", ["none", "sincos"])
+def test_text_after_an_image_sees_the_clean_image(tok, abs_pos):
+    """The logits after <eoi> from the engine equal the training forward on the clean document
+    (with absolute positions: the engine places the image where `pack` does)."""
+    model = random_model(tok, block_size=2, abs_pos=abs_pos)
     cfg = model.cfg
     prompt = [tok.bos_id, *tok.encode("a red circle"), tok.boi_id]
     eng = Engine(model, 1, 256)

@@ -70,6 +70,7 @@ def step_layout(lay: Layout, rows: list[tuple[list[int], list[bool]] | None]):
         torch.where(real, sub.modality, PAD),
         sub.pos,
         torch.where(real, sub.block, -1),
+        sub.origin,
     )
     return idx, real, sub, commit
 
@@ -216,3 +217,48 @@ def test_reused_plan_equals_fresh_forwards_and_refuses_stale_use():
         assert not plan.reusable()
         with pytest.raises(RuntimeError, match="changed since it was built"):
             model(batch.tokens.gather(1, block0), x, noisy, t=tt, plan=plan)
+
+
+def test_cached_equals_full_forward_with_absolute_positions():
+    """abs_pos "sincos": the incremental path adds each visual token's table row as training does,
+    for images after text and for clips cut into frames."""
+    cfg = ModelConfig.from_preset("micro", block_size=2, num_classes=0, abs_pos="sincos")
+    docs = [
+        Document([Text(ids=[1, 2, 3]), Image(image(0, 8)), Text(ids=[4, 5])]),
+        Document([Image(image(1, 8)), Text(ids=[7, 8, 9, 10, 11])]),
+    ]
+    run_and_compare(cfg, docs)
+    video = ModelConfig.from_preset(
+        "micro", vocab_size=0, num_classes=5, frames=4, block_kind="frames", block_size=2, abs_pos="sincos"
+    )
+    clip = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    run_and_compare(video, [Document([Image(clip)], label=3)])
+
+
+def test_absolute_positions_are_dits_table_and_reach_the_output():
+    """The table is DiT's sin-cos per axis; toggling it with the same weights changes predictions
+    of visual tokens only where positions differ."""
+    from unimodal.abs_pos import axis_sizes, sincos_positions
+
+    assert axis_sizes(256) == (88, 84, 84)
+    local = torch.tensor([[0, 2, 5]])
+    table = sincos_positions(local, 256)[0]
+    t, h, w = table[:88], table[88:172], table[172:]
+    assert torch.equal(t[:44], torch.zeros(44)) and torch.equal(t[44:], torch.ones(44))
+    freq = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(42) / 42)
+    torch.testing.assert_close(h, torch.cat([(2 * freq).sin(), (2 * freq).cos()]))
+    torch.testing.assert_close(w, torch.cat([(5 * freq).sin(), (5 * freq).cos()]))
+    base = ModelConfig.from_preset("micro", num_classes=0)
+    with_pos = ModelConfig.from_preset("micro", num_classes=0, abs_pos="sincos")
+    a, b = random_model(base), UnifiedModel(with_pos).eval()
+    b.load_state_dict(a.state_dict())
+    batch = pack(
+        [encode_document(Document([Text(ids=[1, 2]), Image(image(0, 8))]), 2, base.block_spec)], base.patch_dim
+    )
+    t = torch.full((batch.block_label.numel(),), 0.5)
+    with torch.no_grad():
+        pa = a(batch.tokens, batch.patches, batch.layout, t=t, backend="dense")
+        pb = b(batch.tokens, batch.patches, batch.layout, t=t, backend="dense")
+    assert (pa.pred - pb.pred).abs().max() > 1e-3
+    text = (batch.layout.modality == TEXT) & ~batch.layout.noisy
+    torch.testing.assert_close(pa.hidden[text], pb.hidden[text])  # text before the image: untouched

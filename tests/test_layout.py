@@ -155,6 +155,22 @@ def test_mrope_positions_non_square_image_and_video():
     assert pos[-2:].tolist() == [[10, 10, 10], [11, 11, 11]]  # 7 + max(3, 2, 2)
 
 
+def test_origin_gives_positions_inside_the_segment():
+    """pos - origin is each visual token's (t, h, w) inside its image or clip, both copies."""
+    seg_img = _seg(1, 2, 6, TILE2)
+    seg_vid = _seg(3, 2, 2, BlockSpec("frames", 1))
+    lay = pack([EncodedDoc([[5, 6], seg_img, [9], seg_vid, [8]])], patch_dim=2).layout
+    vis, noisy = lay.modality[0] == VISUAL, lay.noisy[0]
+    local = lay.pos[0] - lay.origin[0].unsqueeze(-1)
+    n_img = 12 * 2
+    img, vid = slice(2, 2 + n_img), slice(3 + n_img, 3 + 2 * n_img)
+    for sl, seg in ((img, seg_img), (vid, seg_vid)):
+        assert torch.equal(local[sl][~noisy[sl]], seg.pos.reshape(-1, 3))
+        assert torch.equal(local[sl][noisy[sl]], seg.pos.reshape(-1, 3))
+    assert lay.origin[0][img].unique().tolist() == [2] and lay.origin[0][vid].unique().tolist() == [9]
+    assert (lay.origin[0][~vis] == 0).all()
+
+
 def test_positions_restart_per_document():
     doc, _ = _text_image_text()
     lay = pack([EncodedDoc([[1, 2, 3, 4]]), doc], patch_dim=2, row_len=64).layout

@@ -23,6 +23,7 @@ MLP_KINDS = ("gelu_tanh", "gelu", "swiglu")
 DIFFUSIONS = ("ddpm_eps", "flow")
 ATTENTION_BACKENDS = ("auto", "dense", "flex", "xformers")
 ROPE_MODES = ("axial", "official")
+ABS_POS = ("none", "sincos")
 BLOCK_KINDS = ("tiles", "rows", "frames")
 
 
@@ -51,6 +52,7 @@ class ModelConfig:
     rope: str = "axial"
     rope_sections: list[int] = field(default_factory=list)
     rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
+    abs_pos: str = "none"
     timestep_freq_dim: int = 256
     attention: str = "auto"
     grad_checkpointing: bool = False
@@ -62,6 +64,7 @@ class ModelConfig:
             "diffusion": DIFFUSIONS,
             "attention": ATTENTION_BACKENDS,
             "rope": ROPE_MODES,
+            "abs_pos": ABS_POS,
             "block_kind": BLOCK_KINDS,
         }
         for key, allowed in choices.items():

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from .abs_pos import sincos_positions
 from .attention import AttentionPlan, Fields, resolve_backend
 from .kv_cache import CacheStep, KVCache
-from .layout import TEXT, Layout
+from .layout import TEXT, VISUAL, Layout
 from .rope import RopeND
 
 
@@ -48,6 +49,7 @@ class ForwardPlan:
         self._tables = rope.tables(layout.pos)
         self._cast: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
         self._gather: dict[int, torch.Tensor] = {}
+        self._abs: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def begin(self) -> None:
         """Called by each forward that uses the plan: refuses a second use of a committing plan and
@@ -78,3 +80,12 @@ class ForwardPlan:
             lay = self.layout
             self._gather[num_blocks] = torch.where(lay.noisy, lay.block, num_blocks)
         return self._gather[num_blocks]
+
+    def abs_positions(self, dim: int, dtype: torch.dtype) -> torch.Tensor:
+        """(R, L, dim) sin-cos table of each visual token's position in its image (0 elsewhere)."""
+        key = (dim, dtype)
+        if key not in self._abs:
+            lay = self.layout
+            table = sincos_positions(lay.pos - lay.origin.unsqueeze(-1), dim)
+            self._abs[key] = (table * (lay.modality == VISUAL).unsqueeze(-1)).to(dtype)
+        return self._abs[key]

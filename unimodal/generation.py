@@ -130,7 +130,7 @@ class Engine:
         return out.pred.view(x.shape)
 
     def _chunk(self, c: int, segs: list[TextSeg | BlockSeg]) -> dict[str, torch.Tensor]:
-        """Per-token fields (token, patch, unit, pos, noisy, mod) of segments appended to cache row
+        """Per-token fields (token, patch, unit, pos, noisy, mod, origin) of segments appended to cache row
         c, as tensors (state not yet advanced)."""
         parts = []
         unit, index = int(self.unit[c]), int(self.index[c])
@@ -147,6 +147,7 @@ class Engine:
                         pos=(index + ar).unsqueeze(1).expand(n, 3),
                         noisy=torch.zeros(n, dtype=torch.bool),
                         mod=torch.full((n,), TEXT),
+                        origin=torch.zeros(n, dtype=torch.long),
                     )
                 )
                 unit, index = unit + n, index + n
@@ -160,6 +161,7 @@ class Engine:
                         pos=self.block_pos[s.k] + self.image_index[c],
                         noisy=torch.full((b,), s.noisy),
                         mod=torch.full((b,), VISUAL),
+                        origin=torch.full((b,), int(self.image_index[c])),
                     )
                 )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -186,7 +188,8 @@ class Engine:
         mod = pad("mod", PAD)
         # t and labels are per query row: a row's noisy tokens index the row's entry
         block = torch.where(noisy, torch.arange(r)[:, None], -1)
-        lay = Layout(torch.where(real, 0, -1), pad("unit", 0), noisy, mod, pad("pos", 0), block).to(self.device)
+        lay = Layout(torch.where(real, 0, -1), pad("unit", 0), noisy, mod, pad("pos", 0), block, pad("origin", 0))
+        lay = lay.to(self.device)
         commit_mask = None if commit is None else (real & ~noisy & torch.tensor(commit)[:, None]).to(self.device)
         tokens, patches = pad("token", 0).to(self.device), pad("patch", 0.0).to(self.device, self.dtype)
         return lay, tokens, patches, commit_mask

@@ -80,7 +80,9 @@ class Layout:
     doc: document id within the batch, -1 for padding.  unit: autoregressive step within the
     document.  stream: 0 for clean tokens, c >= 1 for the c-th noisy copy of a block (a boolean
     tensor is the one-copy case).  modality: TEXT, VISUAL or PAD.  pos: (R, L, 3) RoPE positions
-    (t, h, w).  block: index into the batch's block table for visual tokens (a block's clean copy
+    (t, h, w).  origin: the RoPE index at which the token's visual segment starts (0 for text and
+    padding), so `pos - origin` is a visual token's position inside its image or clip.  block:
+    index into the batch's block table for visual tokens (a block's clean copy
     and first noisy copy share it; further copies have their own entries, for their own t), -1
     otherwise.  `noisy` (derived, not a field): stream != 0.  Treat a Layout as immutable.
     """
@@ -91,6 +93,7 @@ class Layout:
     modality: torch.Tensor
     pos: torch.Tensor
     block: torch.Tensor
+    origin: torch.Tensor
 
     def __post_init__(self) -> None:
         self.noisy = self.stream != 0
@@ -150,7 +153,7 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int = 1) -> dict[str,
     """Flatten one document into per-token lists (no padding), positions M-RoPE style. Each block
     of a noisy segment gets `copies` noisy copies; copy c >= 2 of the document's block j uses block
     entry (c - 1) * n + j, n being the document's block count."""
-    cols: dict[str, list] = {k: [] for k in ("unit", "stream", "modality", "pos", "block", "token", "patch")}
+    cols: dict[str, list] = {k: [] for k in ("unit", "stream", "modality", "pos", "block", "origin", "token", "patch")}
     n_blocks = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
     blocks = 0
     unit = 0
@@ -168,6 +171,7 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int = 1) -> dict[str,
                     cols["modality"] += [VISUAL] * b
                     cols["pos"] += pos
                     cols["block"] += [blocks + max(c - 1, 0) * n_blocks] * b
+                    cols["origin"] += [index] * b
                     cols["token"] += [0] * b
                     cols["patch"].append(seg.tokens[j])
                 blocks += 1
@@ -180,6 +184,7 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int = 1) -> dict[str,
                 cols["modality"].append(TEXT)
                 cols["pos"].append([index] * 3)
                 cols["block"].append(-1)
+                cols["origin"].append(0)
                 cols["token"].append(int(tok))
                 cols["patch"].append(None)
                 unit += 1
@@ -238,6 +243,7 @@ def pack(
     mod_t = torch.full((R, L), PAD, dtype=torch.long)
     pos_t = torch.zeros((R, L, 3), dtype=torch.long)
     block_t = torch.full((R, L), -1, dtype=torch.long)
+    origin_t = torch.zeros((R, L), dtype=torch.long)
     tok_t = torch.zeros((R, L), dtype=torch.long)
     patch_t = torch.zeros((R, L, patch_dim))
     tgt_t = torch.full((R, L), IGNORE, dtype=torch.long)
@@ -254,6 +260,7 @@ def pack(
             pos_t[r, sl] = torch.tensor(f["pos"], dtype=torch.long).reshape(n, 3)
             blk = torch.tensor(f["block"], dtype=torch.long)
             block_t[r, sl] = torch.where(blk >= 0, blk + len(block_label), blk)
+            origin_t[r, sl] = torch.tensor(f["origin"], dtype=torch.long)
             tok_t[r, sl] = torch.tensor(f["token"], dtype=torch.long)
             is_vis = mod_t[r, sl] == VISUAL
             if is_vis.any():
@@ -277,7 +284,7 @@ def pack(
                     images.append((d, first_block, seg.grid))
                     first_block += seg.tokens.shape[0]
             off += n
-    layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t)
+    layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t, origin_t)
     return Batch(
         layout,
         tok_t,

@@ -330,6 +330,8 @@ class UnifiedModel(nn.Module):
         # with gradients, every weight joins the graph even where its modality is absent (ZeRO)
         grad = torch.is_grad_enabled()
         x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
+        if cfg.abs_pos == "sincos":
+            x = x + plan.abs_positions(cfg.dim, x.dtype)
         if self.tok_embedder is not None and (plan.has_text or grad):
             is_text = (layout.modality == TEXT).unsqueeze(-1)
             x = torch.where(is_text, self.tok_embedder(tokens.clamp(0, cfg.vocab_size - 1)).to(x.dtype), x)

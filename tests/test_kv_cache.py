@@ -187,6 +187,27 @@ def test_adaln_memo_equals_fresh_tables_and_follows_weight_updates():
     assert tables[0].dtype == head.dtype == torch.float64
 
 
+def test_adaln_memo_bound_clears_without_losing_rows(monkeypatch):
+    """A memo that reaches its bound mid-call is cleared and the call still returns every row
+    (a validation pass with a new random t per block filled it and lost rows it had just read)."""
+    cfg = ModelConfig.from_preset("micro", vocab_size=32, num_classes=5, image_size=8)
+    model = random_model(cfg)
+    pair = (cfg.depth * 6 + 2) * cfg.dim * 4  # bytes of one (t, label)'s rows
+    monkeypatch.setattr(UnifiedModel, "ADALN_MEMO_BYTES", 6 * pair)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.adaln_tables(torch.tensor([0.5, 0.25]), torch.tensor([1, 2]))  # two rows and their table
+        for _ in range(3):  # the two remembered rows and six new ones: the bound is passed mid-call
+            t = torch.cat([torch.tensor([0.5, 0.25]), torch.rand(6, generator=g)])
+            labels = torch.tensor([1, 2, 3, 4, 0, 1, 2, 3])
+            tables, head = model.adaln_tables(t, labels)
+            with torch.enable_grad():
+                fresh, fresh_head = model.adaln_tables(t, labels)
+            # rows computed in batches of other sizes: float32 rounding only
+            torch.testing.assert_close(head, fresh_head.detach(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(tables[0], fresh[0].detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_reused_plan_equals_fresh_forwards_and_refuses_stale_use():
     """A sampler's steps share one ForwardPlan: same outputs as planning every step; a committing
     plan runs once, and a plan whose cache rows grew is refused."""

@@ -157,6 +157,8 @@ class ModelOutput:
 class UnifiedModel(nn.Module):
     """The unified text + image (+ video) transformer of ARCHITECTURE.md §3."""
 
+    ADALN_MEMO_BYTES = 256 << 20  # bound of the no-grad AdaLN memo (cleared whole when it would pass)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -236,12 +238,13 @@ class UnifiedModel(nn.Module):
         (a sampler's step repeats for every block), rows per distinct (t, label)."""
         keys = self._adaln_keys(t, labels)
         whole = ("tables", tuple(keys))
-        if whole not in self._adaln_memo:
+        value = self._adaln_memo.get(whole)
+        if value is None:
             stacked, head = self._remembered_rows(t, keys)
-            tables = [self._with_identity(r) for r in stacked.unbind(1)]
-            nbytes = (sum(x.numel() for x in tables) + head.numel()) * head.element_size()
-            self._remember(whole, (tables, head), nbytes)
-        return self._adaln_memo[whole]
+            value = ([self._with_identity(r) for r in stacked.unbind(1)], head)
+            nbytes = (sum(x.numel() for x in value[0]) + head.numel()) * head.element_size()
+            self._remember(whole, value, nbytes)
+        return value
 
     def _adaln_keys(self, t: torch.Tensor, labels: torch.Tensor | None) -> list[tuple]:
         """One memo key per block: the weights' state (storage, version; autocast dtype, device) and
@@ -256,8 +259,8 @@ class UnifiedModel(nn.Module):
         return [(state, a, b) for a, b in zip(t.tolist(), y.tolist(), strict=True)]
 
     def _remember(self, key: tuple, value, nbytes: int) -> None:
-        """Store in the AdaLN memo, bounded at 256 MiB (cleared whole when it would pass that)."""
-        if self._adaln_bytes + nbytes > 256 << 20:
+        """Store in the AdaLN memo, bounded at ADALN_MEMO_BYTES (cleared whole when it would pass that)."""
+        if self._adaln_bytes + nbytes > self.ADALN_MEMO_BYTES:
             self._adaln_memo.clear()
             self._adaln_bytes = 0
         self._adaln_memo[key] = value
@@ -266,19 +269,19 @@ class UnifiedModel(nn.Module):
     def _remembered_rows(self, t: torch.Tensor, keys: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
         """(NB, depth, 6*dim) block rows and (NB, 2*dim) head rows, from the memo where it has them."""
         memo = self._adaln_memo
-        new = list(dict.fromkeys(k for k in keys if k not in memo))
-        found = {}
+        found = {k: memo[k] for k in keys if k in memo}  # taken now: storing below may clear the memo
+        new = list(dict.fromkeys(k for k in keys if k not in found))
         if new:
             tt = torch.tensor([k[1] for k in new], dtype=t.dtype, device=t.device)
             yy = torch.tensor([k[2] for k in new], dtype=torch.long, device=t.device)
             cond = self.condition(self.timestep_input(tt), yy)
             rows = torch.stack([blk.adaLN_modulation(cond) for blk in self.blocks], 1)
             head = self.final_layer.adaLN_modulation(cond)
-            found = {k: (rows[i], head[i]) for i, k in enumerate(new)}
             pair_bytes = (rows[0].numel() + head[0].numel()) * rows.element_size()
-            for k, v in found.items():
-                self._remember(k, v, pair_bytes)
-        pairs = [found.get(k) or memo[k] for k in keys]
+            for i, k in enumerate(new):
+                found[k] = (rows[i], head[i])
+                self._remember(k, found[k], pair_bytes)
+        pairs = [found[k] for k in keys]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def _adaln_params(self):

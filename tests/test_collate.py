@@ -116,8 +116,9 @@ def test_noisy_copies_in_packed_rows(tok):
     assert torch.equal(two.text_targets[two.text_targets != IGNORE], one.text_targets[one.text_targets != IGNORE])
     lengths = [col.doc_length(col.encode(d, np.random.default_rng(0))) for d in docs]
     assert sum(lengths) == int((two.layout.doc >= 0).sum()) and two.layout.shape[1] == 256
-    with pytest.raises(ValueError, match="noisy_copies"):
-        CollateConfig(noisy_copies=0)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="noisy_copies"):
+            CollateConfig(noisy_copies=bad)
 
 
 def test_prompt_dropout_uses_the_null_token(tok):

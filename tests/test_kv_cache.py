@@ -231,6 +231,8 @@ def test_reused_plan_equals_fresh_forwards_and_refuses_stale_use():
             fresh = model(batch.tokens.gather(1, block0), x, noisy, t=tt, cache=cache)
             planned = model(batch.tokens.gather(1, block0), x, noisy, t=tt, plan=plan)
             torch.testing.assert_close(planned.pred, fresh.pred, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="another layout"):
+            model(batch.tokens.gather(1, block0), x, lay.index(block0), t=tt, plan=plan)
         committing = model.plan(sub, cache, commit=~sub.noisy)
         model(batch.tokens.gather(1, prefix), batch.patches[:, :3], sub, plan=committing)
         with pytest.raises(RuntimeError, match="only one forward"):

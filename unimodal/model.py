@@ -324,11 +324,13 @@ class UnifiedModel(nn.Module):
         """
         cfg = self.cfg
         if plan is None:
-            if depth is not None and cache is not None:
-                raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
             plan = self.plan(layout, cache, commit, cache_rows, backend)
         elif cache is not None or commit is not None or cache_rows is not None:
             raise ValueError("pass the cache, commit and cache_rows to `plan`, not with a plan")
+        elif plan.layout is not layout:
+            raise ValueError("the plan was built for another layout: pass the layout given to `plan`")
+        if depth is not None and plan.step is not None:
+            raise ValueError("depth (a partial forward) cannot be combined with a KV cache")
         plan.begin()
         # with gradients, every weight joins the graph even where its modality is absent (ZeRO)
         grad = torch.is_grad_enabled()

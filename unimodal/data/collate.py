@@ -49,7 +49,7 @@ class CollateConfig:
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"CollateConfig.{key} must be in [0, 1], got {v}")
-        if not isinstance(self.noisy_copies, int) or self.noisy_copies < 1:
+        if isinstance(self.noisy_copies, bool) or not isinstance(self.noisy_copies, int) or self.noisy_copies < 1:
             raise ValueError(f"CollateConfig.noisy_copies must be an integer >= 1, got {self.noisy_copies!r}")
         if sorted(self.buckets) != list(self.buckets) or any(b < 1 for b in self.buckets):
             raise ValueError(f"CollateConfig.buckets must be increasing positive lengths, got {self.buckets}")
@@ -180,17 +180,12 @@ class Collator:
         if not enc:
             raise ValueError(f"{self.name}: every document of the batch was a bad record ({self.policy.summary()})")
         cfg = self.cfg
-        if cfg.pack_rows:
-            batch = pack(
-                enc, self.model_cfg.patch_dim, row_len=cfg.pack_rows, pad_multiple=cfg.pad_multiple,
-                noisy_copies=cfg.noisy_copies,
-            )  # fmt: skip
-        else:
-            longest = max(self.doc_length(e) for e in enc)
-            batch = pack(
-                enc, self.model_cfg.patch_dim, pad_multiple=cfg.pad_multiple, pad_to=self.bucket(longest),
-                noisy_copies=cfg.noisy_copies,
-            )  # fmt: skip
+        # packed rows of pack_rows tokens, or one document per row padded to its bucket
+        pad_to = None if cfg.pack_rows else self.bucket(max(self.doc_length(e) for e in enc))
+        batch = pack(
+            enc, self.model_cfg.patch_dim, row_len=cfg.pack_rows, pad_multiple=cfg.pad_multiple, pad_to=pad_to,
+            noisy_copies=cfg.noisy_copies,
+        )  # fmt: skip
         # the null prompt stands in for dropped text; it is never a text target to learn
         if self.tok is not None:
             batch.text_targets[batch.text_targets == self.tok.null_id] = IGNORE

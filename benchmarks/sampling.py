@@ -98,6 +98,7 @@ def machine() -> dict:
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -154,9 +155,17 @@ def theory(prompt: int, blocks: int, block_len: int, calls: int, dim: int, depth
     }
 
 
+def clock(device: torch.device) -> tuple[float, float]:
+    """(wall, CPU) time now, after the device's queued work has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
 def instrumented_run(pipe: Pipeline, prompts: list[str], steps: int, use_cache: bool) -> dict:
     """One call with a pre- and post-hook on the model's forward: the real (non-padding) tokens,
     wall and CPU time of every forward, and the time spent outside the forwards (Engine + sampler)."""
+    device = next(pipe.model.parameters()).device
     per: list[tuple[int, float, float, int]] = []
     state: dict = {}
 
@@ -164,18 +173,18 @@ def instrumented_run(pipe: Pipeline, prompts: list[str], steps: int, use_cache: 
         lay = args[2] if len(args) > 2 else kwargs["layout"]
         state["n"] = int((lay.doc >= 0).sum())
         state["padded"] = lay.doc.numel()
-        state["t0"], state["c0"] = time.perf_counter(), time.process_time()
+        state["t0"], state["c0"] = clock(device)
 
     def post(module, args, kwargs, out):
-        wall, cpu = time.perf_counter() - state["t0"], time.process_time() - state["c0"]
+        wall, cpu = (now - then for now, then in zip(clock(device), (state["t0"], state["c0"]), strict=True))
         per.append((state["n"], wall, cpu, state["padded"]))
 
     h1 = pipe.model.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = pipe.model.register_forward_hook(post, with_kwargs=True)
     try:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = clock(device)
         pipe.text_to_image(prompts, num_steps=steps, seed=0, use_cache=use_cache, output_type="np")
-        total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
+        total, total_cpu = (now - then for now, then in zip(clock(device), (t0, c0), strict=True))
     finally:
         h1.remove()
         h2.remove()
@@ -206,7 +215,7 @@ def fit_latency(samples: list[tuple[int, float]]) -> dict:
     return {"fixed_ms": 1000 * a, "per_token_ms": 1000 * b, "knee_tokens": a / b if b > 0 else None}
 
 
-def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
+def time_interleaved(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict:
     """Median wall and CPU time of each function; the functions alternate inside every repeat so
     that load from other processes hits them alike."""
     for _ in range(warmup):
@@ -216,10 +225,11 @@ def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
     cpu: dict = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = clock(device)
             fn()
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
+            t1, c1 = clock(device)
+            wall[k].append(t1 - t0)
+            cpu[k].append(c1 - c0)
     return {
         k: {
             "median_s": statistics.median(wall[k]),
@@ -348,49 +358,6 @@ def profile_call(pipe: Pipeline, prompts: list[str], steps: int, use_cache: bool
     }
 
 
-class AdaLNMemo:
-    """Prototype of a proposed fix, applied by monkeypatching for the duration of a `with` block
-    (nothing under unimodal/ is modified): the conditioning vector and every block's AdaLN
-    modulation table are computed once per distinct (timesteps, labels) and reused. A block's calls
-    use the sampler's timesteps, the same for every block, so after the first block no call runs
-    the timestep embedder or the 1-row Linear(dim, 6 dim) of each block any more."""
-
-    def __init__(self) -> None:
-        from unimodal import model as model_mod
-
-        self.mod = model_mod
-        self.memo: dict = {}
-
-    def __enter__(self):
-        m, memo = self.mod, self.memo
-        self.saved = (m.UnifiedModel.condition, m.Block.modulation)
-        condition, modulation = self.saved
-
-        def cond(model, t, labels):
-            key = ("cond", tuple(t.tolist()), None if labels is None else tuple(labels.tolist()))
-            if key not in memo:
-                memo[key] = condition(model, t, labels)
-                memo[key].memo_key = key
-            return memo[key]
-
-        def mod(block, c, gather):
-            key = getattr(c, "memo_key", None)
-            if key is None:
-                return modulation(block, c, gather)
-            key = (id(block), key)
-            if key not in memo:  # the table with its identity row, as Block.modulation builds it
-                n = c.shape[0]
-                memo[key] = modulation(block, c, torch.arange(n + 1, device=c.device))
-            return memo[key][gather]
-
-        m.UnifiedModel.condition, m.Block.modulation = cond, mod
-        return self
-
-    def __exit__(self, *exc):
-        self.mod.UnifiedModel.condition, self.mod.Block.modulation = self.saved
-        self.memo.clear()
-
-
 def count_ops(pipe: Pipeline, prompts: list[str], steps: int, use_cache: bool) -> int:
     """aten operations dispatched during one sampling call (views included)."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -449,7 +416,7 @@ def bench_config(args, tok, base: UnifiedModel, bs: int, batch: int, threads: in
     import numpy as np
 
     cfg = base.cfg
-    model = with_block_size(base, bs)
+    model = with_block_size(base, bs).to(args.device)
     pipe = Pipeline(model, tok, sampler=args.sampler, num_steps=args.steps)
     n_blocks = model.cfg.block_spec.num_blocks(cfg.grid)
     b_len = model.cfg.block_spec.block_len(cfg.grid)
@@ -483,13 +450,14 @@ def bench_config(args, tok, base: UnifiedModel, bs: int, batch: int, threads: in
         "instrumented": runs,
         "latency_model": fit,
     }
+    model_device = next(model.parameters()).device
     modes = [("fp32", None)] + ([] if args.no_bf16 else [("bf16", torch.bfloat16)])
     outs, fns = {}, {}
     for name, dtype in modes:
         for use_cache in (True, False):
 
             def call(use_cache=use_cache, dtype=dtype):
-                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                with torch.autocast(model_device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                     return pipe.text_to_image(
                         prompts, num_steps=args.steps, seed=0, use_cache=use_cache, output_type="np"
                     )
@@ -497,20 +465,8 @@ def bench_config(args, tok, base: UnifiedModel, bs: int, batch: int, threads: in
             key = f"{name}_{'cached' if use_cache else 'uncached'}"
             outs[key] = call()
             fns[key] = call
-    if args.try_fixes:
-        for use_cache in (True, False):
-
-            def fixed(use_cache=use_cache):
-                with AdaLNMemo():
-                    return pipe.text_to_image(
-                        prompts, num_steps=args.steps, seed=0, use_cache=use_cache, output_type="np"
-                    )
-
-            key = f"fp32_{'cached' if use_cache else 'uncached'}_adaln_memo"
-            outs[key] = fixed()
-            fns[key] = fixed
     entry["loadavg_before"] = loadavg()
-    times = time_interleaved(fns, args.repeats, args.warmup)
+    times = time_interleaved(fns, args.repeats, args.warmup, model_device)
     entry["loadavg_after"] = loadavg()
     for t in times.values():
         t["per_image_s"] = t["median_s"] / batch
@@ -530,17 +486,6 @@ def bench_config(args, tok, base: UnifiedModel, bs: int, batch: int, threads: in
 
     def maxdiff(x, y):
         return float(max(np.abs(u - v).max() for u, v in zip(x, y, strict=True)))
-
-    if args.try_fixes:
-        fx = {}
-        for k in ("cached", "uncached"):
-            fx[f"{k}_time_ratio"] = times[f"fp32_{k}_adaln_memo"]["cpu_median_s"] / times[f"fp32_{k}"]["cpu_median_s"]
-            fx[f"{k}_max_abs_diff"] = maxdiff(outs[f"fp32_{k}_adaln_memo"], outs[f"fp32_{k}"])
-        fx["speedup_cpu"] = (
-            times["fp32_uncached_adaln_memo"]["cpu_median_s"] / times["fp32_cached_adaln_memo"]["cpu_median_s"]
-        )
-        fx["measured_over_theoretical_cpu"] = fx["speedup_cpu"] / entry["theoretical_speedup_tokens"]
-        entry["fix_adaln_memo"] = fx
 
     entry["fp32_cached_vs_uncached_max_abs_diff"] = maxdiff(outs["fp32_cached"], outs["fp32_uncached"])
     if not args.no_bf16:
@@ -585,11 +530,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast timings")
     ap.add_argument("--profile", action="store_true", help="add a per-section time breakdown of each path")
-    ap.add_argument(
-        "--try-fixes", action="store_true", help="also time a prototype fix (AdaLN tables memoised per timestep)"
-    )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.profile and args.device != "cpu":
+        ap.error("--profile measures CPU time per section: run it with --device cpu")
 
     default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     tok = Tokenizer.load(ROOT / "tokenizers_cfg" / "shapes")
@@ -611,6 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
             "image_size": args.image_size,
             "patch_size": args.patch,
             "grid": list(cfg.grid),
+            "device": args.device,
             "sampler": args.sampler,
             "steps": args.steps,
             "guidance": None,

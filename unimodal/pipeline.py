@@ -362,13 +362,14 @@ class Pipeline:
                 ids = [[t] for _, t in texting]
                 step = eng.text(both(rs), ids + (ids if mode else []))
                 logits = logits.clone()
-                logits[torch.tensor(rs)] = step[: len(rs)]
+                logits[torch.tensor(rs)] = step[: len(rs)].float().cpu()
             active = sorted(r for r, _ in texting)
         results = [self._document(d, o) for d, o in zip(docs, out, strict=True)]
         return results[0] if single else results
 
     def _prefill(self, eng: Engine, rows: list[int], encoded) -> torch.Tensor:
-        """Commit each row's encoded document (text ids and clean images); the logits at its end.
+        """Commit each row's encoded document (text ids and clean images); the logits at its end,
+        on the CPU, where the rows' generators draw the next tokens.
 
         Rows are walked segment by segment; rows with a segment of the same kind at the same step
         go through one forward together."""
@@ -380,7 +381,7 @@ class Pipeline:
             vis = [(r, seg) for r, seg in texts if isinstance(seg, VisualSegment)]
             if ids:
                 step = eng.text([r for r, _ in ids], [seg for _, seg in ids])
-                logits[torch.tensor([r for r, _ in ids])] = step
+                logits[torch.tensor([r for r, _ in ids])] = step.float().cpu()
             for r, seg in vis:  # images may differ in shape: one forward each
                 eng.begin_image([r], seg.grid)
                 eng.prefill_image([r], seg.tokens.unsqueeze(0))

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import write_json  # noqa: E402
 
-from unimodal.attention.backends import AttentionPlan, Fields, xformers_available  # noqa: E402
+from unimodal.attention.backends import AttentionPlan, Fields, xformers_problem  # noqa: E402
 from unimodal.layout import EncodedDoc, VisualSegment, pack  # noqa: E402
 
 GRID, BLOCK, CAPTION = 32, 16, 12
@@ -146,8 +146,8 @@ def main() -> None:
         return
     rows = []
     for backend in args.backends:
-        if backend == "xformers" and not (args.device.startswith("cuda") and xformers_available()):
-            rows.append({"backend": backend, "skipped": "xformers needs CUDA and the xformers package"})
+        if backend == "xformers" and (problem := xformers_problem()) is not None:
+            rows.append({"backend": backend, "skipped": problem})
             continue
         for length in args.lengths:
             cmd = [sys.executable, __file__, "--length", str(length), "--backend", backend]

@@ -201,7 +201,7 @@ def _cuda_check(backend: str, dtype: torch.dtype, pad_multiple: int) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_xformers_matches_dense_cuda(dtype, pad_multiple):
     pytest.importorskip("xformers.ops", reason="xformers is not installed")
-    assert backends.xformers_available()
+    assert backends.xformers_available(), backends.xformers_problem()
     if pad_multiple == 1:
         assert _batch(1).layout.shape[1] % 8 != 0, "want a key length that is not a multiple of 8"
     _cuda_check("xformers", dtype, pad_multiple)
@@ -292,6 +292,15 @@ def test_xformers_without_package_raises_runtime_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "xformers", None)  # makes `import xformers.ops` fail
     monkeypatch.setitem(sys.modules, "xformers.ops", None)
     with pytest.raises(RuntimeError, match="xformers"):
+        resolve_backend("xformers", 16, torch.device("cuda"))
+
+
+def test_xformers_without_kernels_raises_runtime_error(monkeypatch):
+    """A wheel built for another torch imports but has no kernels: refused up front, with why."""
+    xformers = pytest.importorskip("xformers")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(xformers, "_has_cpp_library", False)
+    with pytest.raises(RuntimeError, match="no compiled kernels"):
         resolve_backend("xformers", 16, torch.device("cuda"))
 
 

@@ -1,6 +1,14 @@
 """The attention rule and its backends."""
 
-from .backends import BACKENDS, AttentionPlan, Fields, dense_mask, resolve_backend, xformers_available
+from .backends import (
+    BACKENDS,
+    AttentionPlan,
+    Fields,
+    dense_mask,
+    resolve_backend,
+    xformers_available,
+    xformers_problem,
+)
 from .rule import allowed
 
 __all__ = [
@@ -11,4 +19,5 @@ __all__ = [
     "dense_mask",
     "resolve_backend",
     "xformers_available",
+    "xformers_problem",
 ]

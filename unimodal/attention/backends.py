@@ -50,14 +50,30 @@ def dense_mask(q: Fields, k: Fields) -> torch.Tensor:
     return allowed(*qs, *ks).unsqueeze(1)
 
 
-def xformers_available() -> bool:
+def xformers_problem() -> str | None:
+    """Why the xformers backend cannot run here, or None when it can: it needs CUDA, the package,
+    and the package's compiled kernels (a wheel built for another torch or CUDA imports fine but
+    has none, and would fail at the first attention call)."""
     if not torch.cuda.is_available():
-        return False
+        return "it needs CUDA (no GPU visible to torch)"
+    try:
+        import xformers
+    except ImportError:
+        return "the xformers package is not installed"
+    if not getattr(xformers, "_has_cpp_library", True):
+        return (
+            f"xformers {xformers.__version__} has no compiled kernels for torch {torch.__version__} "
+            "(it was built for another torch or CUDA version; install the xformers build that matches this torch)"
+        )
     try:
         import xformers.ops  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as e:
+        return f"xformers.ops does not import: {e}"
+    return None
+
+
+def xformers_available() -> bool:
+    return xformers_problem() is None
 
 
 def resolve_backend(name: str, length: int, device: torch.device, needs_grad: bool = False) -> str:
@@ -66,8 +82,8 @@ def resolve_backend(name: str, length: int, device: torch.device, needs_grad: bo
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"attention backend must be one of {('auto',) + BACKENDS}, got {name!r}")
-        if name == "xformers" and not xformers_available():
-            raise RuntimeError("attention backend 'xformers' needs CUDA and the xformers package")
+        if name == "xformers" and (problem := xformers_problem()) is not None:
+            raise RuntimeError(f"attention backend 'xformers' cannot run: {problem}")
         return name
     if device.type == "cuda" or (length >= 2048 and not needs_grad):
         return "flex"

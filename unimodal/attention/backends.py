@@ -91,10 +91,19 @@ def resolve_backend(name: str, length: int, device: torch.device, needs_grad: bo
 
 
 @functools.cache
-def _compiled_flex():
+def _compiled_flex(device_type: str):
+    """FlexAttention compiled once per process and device type.
+
+    On CUDA with torch's automatic dynamic shapes (`dynamic=None`): the first shape compiles a
+    static kernel, the first change of row count or length one dynamic kernel, and no shape after
+    that compiles again. With `dynamic=False` every new packed row count recompiled (3 compiles of
+    ~5 s in 20 training steps on an H100) and past torch's recompile limit (8) fell back to unfused
+    attention. On the CPU the shapes stay static: inductor's CPU FlexAttention kernel fails to
+    compile with dynamic shapes and this rule's mask (torch 2.13: `cur_kvSplitSize3 was not
+    declared`), and the CPU runs FlexAttention only without gradients (long rows, `auto`)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=None if device_type == "cuda" else False)
 
 
 class AttentionPlan:
@@ -129,7 +138,7 @@ class AttentionPlan:
                 raise RuntimeError(
                     "FlexAttention has no backward on CPU in this torch; train with attention='dense' or 'auto'"
                 )
-            return _compiled_flex()(q, k, v, block_mask=self.mask)
+            return _compiled_flex(q.device.type)(q, k, v, block_mask=self.mask)
         import xformers.ops as xops
 
         out = xops.memory_efficient_attention(

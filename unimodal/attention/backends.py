@@ -91,19 +91,16 @@ def resolve_backend(name: str, length: int, device: torch.device, needs_grad: bo
 
 
 @functools.cache
-def _compiled_flex(device_type: str):
-    """FlexAttention compiled once per process and device type.
-
-    On CUDA with torch's automatic dynamic shapes (`dynamic=None`): the first shape compiles a
-    static kernel, the first change of row count or length one dynamic kernel, and no shape after
-    that compiles again. With `dynamic=False` every new packed row count recompiled (3 compiles of
-    ~5 s in 20 training steps on an H100) and past torch's recompile limit (8) fell back to unfused
-    attention. On the CPU the shapes stay static: inductor's CPU FlexAttention kernel fails to
-    compile with dynamic shapes and this rule's mask (torch 2.13: `cur_kvSplitSize3 was not
-    declared`), and the CPU runs FlexAttention only without gradients (long rows, `auto`)."""
+def _compiled_flex():
+    """FlexAttention compiled once per process, with static shapes: each new (rows, length) pair
+    compiles its own kernel (~5 s on an H100, ~20 s on a 2-core CPU); packed batches vary over a
+    few row counts, so a run pays a few compilations once. Automatic dynamic shapes were tried
+    (docs/benchmarks.md, "GPU"): no compilations after the first change of shape on an H100, but a
+    median step of 87 ms against 61 ms static (two machines, so indicative only), and on the CPU
+    inductor fails to compile the dynamic kernel for this mask (torch 2.13)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=None if device_type == "cuda" else False)
+    return torch.compile(flex_attention, dynamic=False)
 
 
 class AttentionPlan:
@@ -138,7 +135,7 @@ class AttentionPlan:
                 raise RuntimeError(
                     "FlexAttention has no backward on CPU in this torch; train with attention='dense' or 'auto'"
                 )
-            return _compiled_flex(q.device.type)(q, k, v, block_mask=self.mask)
+            return _compiled_flex()(q, k, v, block_mask=self.mask)
         import xformers.ops as xops
 
         out = xops.memory_efficient_attention(

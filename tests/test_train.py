@@ -296,7 +296,9 @@ def job_sigterm(r: Runs, d: Path) -> dict[str, Any]:
     out = d / "run"
     # No checkpoint interval before the end, so the checkpoint found is the one the signal wrote
     # (and the interval is shown not to change the training: the weights still equal REF's).
-    overrides = [*REF, f"train.checkpoint_every={STEPS}"]
+    # Batches are built ahead in a thread here (REF builds them on the main thread): the same
+    # batches, and the checkpoint holds the data position of the batches consumed, not built.
+    overrides = [*REF, f"train.checkpoint_every={STEPS}", "data.prefetch=3"]
     k = random.Random(0).randint(3, STEPS - 6)  # 9
     stopped = r.proc(d, "terminated", cli(out, *overrides), signal_at=(out, k, signal.SIGTERM))
     at_stop = snapshot(out)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from ..config import ModelConfig
 from ..data.pipeline import DataConfig, batch_stream
+from ..data.prefetch import Prefetcher
 from ..diffusion import Diffusion, losses, target_counts
 from ..hub import save_pretrained
 from ..model import UnifiedModel
@@ -118,6 +119,9 @@ class Trainer:
         self.model_cfg = build_model_config(cfg, self.tokenizer)
         model = UnifiedModel(self.model_cfg)
         self.stream = batch_stream(cfg.data, self.tokenizer, self.model_cfg, self.rank, self.world)
+        prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else (2 if self.device.type == "cuda" else 0)
+        if prefetch:  # build batches while the device computes (docs/training.md, "Prefetching")
+            self.stream = Prefetcher(self.stream, prefetch)
         opt_cfg = cfg.optim
         ds = deepspeed_config(cfg, self.world)
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
@@ -326,6 +330,8 @@ class Trainer:
                     return 128 + int(stop.item())
         finally:
             bar.close()
+            if isinstance(self.stream, Prefetcher):
+                self.stream.close()
             if metrics:
                 metrics.close()
             for s, handler in previous.items():  # after training, signals stop the process again

@@ -62,6 +62,14 @@ class ScheduleConfig:
 class LossConfig:
     text_weight: float = 1.0
     image_weight: float = 1.0
+    # flow models: t = sigmoid(z), z ~ N(time_mean, time_std) (SD3's logit-normal); a positive mean
+    # trains more at high noise, where a block's content is decided (ddpm_eps: t uniform, unused)
+    time_mean: float = 0.0
+    time_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.time_std > 0:
+            raise ValueError(f"loss.time_std must be > 0, got {self.time_std}")
 
 
 @dataclass

@@ -154,7 +154,7 @@ class Trainer:
         self.sharded = ds.get("zero_optimization", {}).get("stage", 0) == 3
         keep_ema = cfg.ema.enabled and (self.sharded or self.rank == 0)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if keep_ema else None
-        self.diffusion = Diffusion(self.model_cfg.diffusion)
+        self.diffusion = Diffusion(self.model_cfg.diffusion, cfg.loss.time_mean, cfg.loss.time_std)
         self.step = 0
         self.nonfinite = 0
         self.nonfinite_run = 0

@@ -40,6 +40,8 @@ def test_timestep_sampling():
     assert 0 < f.min() and f.max() < 1
     assert abs(f.mean().item() - 0.5) < 0.01  # logit-normal(0, 1) is symmetric around 0.5
     assert abs(torch.logit(f).std().item() - 1.0) < 0.03
+    high = Diffusion("flow", 1.0, 0.5).sample_t(20000, g)  # loss.time_mean / time_std: more high-noise training
+    assert abs(torch.logit(high).mean().item() - 1.0) < 0.02 and abs(torch.logit(high).std().item() - 0.5) < 0.02
 
 
 def make_batch(cfg):

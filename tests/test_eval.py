@@ -14,6 +14,7 @@ from unimodal import Document, ModelConfig, Text, UnifiedModel
 from unimodal.cli import main
 from unimodal.data.digits import DigitsDataset
 from unimodal.data.shapes import ShapesDataset, parse_caption, render_scene
+from unimodal.eval import shapes as judging
 from unimodal.eval.tasks import TASK_NAMES, TASKS, run_tasks
 from unimodal.eval.tasks import digits as D
 from unimodal.eval.tasks import likelihood as L
@@ -117,6 +118,18 @@ def test_scene_precision_recall_count_by_hand():
     assert m["precision"] == pytest.approx((1 + 1 / 3 + 1) / 3)
     assert m["recall"] == pytest.approx((1 + 1 / 2 + 1) / 3)
     assert m["count_accuracy"] == pytest.approx(2 / 3)
+    # by attribute: the green square has the right shape, size and cell but not the colour, so it
+    # never counts; the third caption states a relation, no cells, so its objects count everywhere
+    by = m["by_attribute"]
+    for view in judging.ATTRIBUTE_VIEWS:
+        assert by[view]["precision"] == pytest.approx((1 + 1 / 3 + 1) / 3)
+        assert by[view]["recall"] == pytest.approx((1 + 1 / 2 + 1) / 3)
+    # a red circle asked at the top left, drawn large at the bottom right: colour and shape right
+    asked = _scene_doc("a small red circle at the top left", [right[0]])
+    drawn = judging.judge(render_scene([_obj("red", "circle", "large", "bottom right")], 32))
+    by = judging.attribute_prf([drawn], [asked.meta["spec"]])
+    assert by["color"] == by["color+shape"] == {"precision": 1.0, "recall": 1.0}
+    assert by["color+size"] == by["color+cell"] == {"precision": 0.0, "recall": 0.0}
 
 
 def test_single_shape_attributes_by_hand():

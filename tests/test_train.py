@@ -591,6 +591,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("model.dimm=8", ["dimm"]),
         ("deepspeed=training/deepspeed/zero9.json", ["deepspeed", "zero9.json"]),
         ("optim.betas=0.9", ["optim.betas"]),
+        ("loss.time_std=0", ["loss.time_std"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, names):

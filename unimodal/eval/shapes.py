@@ -231,6 +231,30 @@ def t2i_metrics(judged: Sequence[dict], specs: Sequence[dict | None]) -> dict[st
     }
 
 
+ATTRIBUTE_VIEWS = ("color", "color+shape", "color+size", "color+cell")
+
+
+def attribute_prf(judged: Sequence[dict], specs: Sequence[dict | None]) -> dict[str, dict[str, float]]:
+    """Which attribute fails: mean per-object precision and recall with every spec object reduced
+    to its colour and one more attribute (`color+shape`, ...), or its colour alone. A model that
+    draws the right colours in the wrong places scores high on `color` and low on `color+cell`."""
+    if len(judged) != len(specs):
+        raise ValueError(f"attribute_prf: {len(judged)} judged images for {len(specs)} specs")
+    n = max(len(specs), 1)
+    out = {}
+    for view in ATTRIBUTE_VIEWS:
+        keep = view.split("+")
+
+        def reduce(spec: dict | None, keep=keep) -> dict | None:
+            if spec is None:
+                return None
+            return {**spec, "objects": [{k: (v if k in keep else None) for k, v in o.items()} for o in spec["objects"]]}
+
+        prf = [object_prf(j, reduce(s)) for j, s in zip(judged, specs, strict=True)]
+        out[view] = {"precision": sum(p for p, _ in prf) / n, "recall": sum(r for _, r in prf) / n}
+    return out
+
+
 def caption_metrics(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, float]:
     """Captioning scores: exact set match of objects and relations (`exact`) and the fraction of
     captions that parse at all (`parsed`)."""
@@ -247,6 +271,8 @@ def caption_metrics(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str
 
 
 __all__ = [
+    "ATTRIBUTE_VIEWS",
+    "attribute_prf",
     "caption_correct",
     "caption_metrics",
     "count_correct",

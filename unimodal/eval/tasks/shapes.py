@@ -19,7 +19,7 @@ import torch
 
 from ...data.shapes import ShapesDataset, caption_correct, parse_caption, scene_matches
 from ...documents import Document, Image, Text
-from ..shapes import caption_metrics, judge, judge_video, t2i_metrics, video_correct
+from ..shapes import attribute_prf, caption_metrics, judge, judge_video, t2i_metrics, video_correct
 from .base import GREEDY, Skip, chunks, mean, need_rgb, need_text, shapes_options, task
 
 DATASET_SEED = 0
@@ -148,7 +148,8 @@ def _by_count(values: Sequence[bool], docs: Sequence[Document]) -> dict[str, flo
 def score_scenes_t2i(images: Sequence, docs: Sequence[Document]) -> dict[str, Any]:
     """Scenes: `correct` = the judged objects meet the caption's spec exactly (the stated number
     of objects, each with its stated attributes, every stated relation true); mean per-object
-    precision and recall; count accuracy; `correct` by the scene's number of objects."""
+    precision and recall, also with the objects reduced to colour and one attribute (which one
+    fails); count accuracy; `correct` by the scene's number of objects."""
     from ...data.shapes import satisfies
 
     judged = [judge(im) for im in images]
@@ -161,6 +162,7 @@ def score_scenes_t2i(images: Sequence, docs: Sequence[Document]) -> dict[str, An
         "recall": m["recall"],
         "count_accuracy": m["count_accuracy"],
         "correct_by_objects": _by_count(ok, docs),
+        "by_attribute": attribute_prf(judged, specs),
         "n": len(docs),
     }
 

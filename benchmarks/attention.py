@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import write_json  # noqa: E402
+from common import sync, write_json  # noqa: E402
 
 from unimodal.attention.backends import AttentionPlan, Fields, xformers_problem  # noqa: E402
 from unimodal.layout import EncodedDoc, VisualSegment, pack  # noqa: E402
@@ -78,13 +78,9 @@ def measure(args) -> dict:
     f = Fields.of(lay)
     backward = args.mode == "train" and not (args.backend == "flex" and device.type == "cpu")
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     t0 = time.perf_counter()
     plan = AttentionPlan(f, f, args.backend)
-    sync()
+    sync(device)
     mask_s = time.perf_counter() - t0
     shape = (1, args.heads, args.length, args.head_dim)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
@@ -95,7 +91,7 @@ def measure(args) -> dict:
         else:
             with torch.no_grad():
                 plan(q, k, v)
-        sync()
+        sync(device)
 
     call()  # warm-up (compiles FlexAttention, builds the xformers bias)
     if device.type == "cuda":

@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import write_json  # noqa: E402
+from common import sync, write_json  # noqa: E402
 
 from unimodal import ModelConfig, UnifiedModel  # noqa: E402
 from unimodal.pipeline import Pipeline  # noqa: E402
@@ -157,8 +157,7 @@ def theory(prompt: int, blocks: int, block_len: int, calls: int, dim: int, depth
 
 def clock(device: torch.device) -> tuple[float, float]:
     """(wall, CPU) time now, after the device's queued work has finished (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter(), time.process_time()
 
 

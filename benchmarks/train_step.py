@@ -38,7 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import write_json  # noqa: E402
+from common import sync, write_json  # noqa: E402
 
 from unimodal import UnifiedModel  # noqa: E402
 from unimodal.attention.backends import Fields, dense_mask  # noqa: E402
@@ -46,12 +46,6 @@ from unimodal.data.pipeline import batch_stream  # noqa: E402
 from unimodal.diffusion import Diffusion, losses  # noqa: E402
 from unimodal.train.config import load_config  # noqa: E402
 from unimodal.train.trainer import build_model_config, load_tokenizer  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:

@@ -21,6 +21,7 @@ from .rope import default_sections
 
 MLP_KINDS = ("gelu_tanh", "gelu", "swiglu")
 DIFFUSIONS = ("ddpm_eps", "flow")
+PREDICTIONS = ("target", "sample")
 ATTENTION_BACKENDS = ("auto", "dense", "flex", "xformers")
 ROPE_MODES = ("axial", "official")
 ABS_POS = ("none", "sincos")
@@ -29,7 +30,14 @@ BLOCK_KINDS = ("tiles", "rows", "frames")
 
 @dataclass
 class ModelConfig:
-    """Architecture of a UnifiedModel. `vocab_size=0` means no text; `num_classes=0` means no labels."""
+    """Architecture of a UnifiedModel. `vocab_size=0` means no text; `num_classes=0` means no labels.
+
+    `prediction` says what the diffusion head outputs: "target" the diffusion's regression target
+    itself (ε, or the flow velocity), "sample" the clean patch x̂0 (flow only), which the model
+    turns into the velocity (x_t - x̂0) / max(t, 0.05) before returning it: x-prediction trained
+    with the velocity loss ("Back to Basics: Let Denoising Generative Models Denoise", 2025), with
+    the losses, samplers, guidance and caches unchanged.
+    """
 
     dim: int = 256
     depth: int = 6
@@ -49,6 +57,7 @@ class ModelConfig:
     block_kind: str = "tiles"
     block_size: int = 4
     diffusion: str = "flow"
+    prediction: str = "target"
     rope: str = "axial"
     rope_sections: list[int] = field(default_factory=list)
     rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
@@ -62,6 +71,7 @@ class ModelConfig:
         choices = {
             "mlp": MLP_KINDS,
             "diffusion": DIFFUSIONS,
+            "prediction": PREDICTIONS,
             "attention": ATTENTION_BACKENDS,
             "rope": ROPE_MODES,
             "abs_pos": ABS_POS,
@@ -73,6 +83,8 @@ class ModelConfig:
         for key in ("dim", "depth", "heads", "channels", "patch_size", "image_size", "frames", "block_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"ModelConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.prediction == "sample" and self.diffusion != "flow":
+            raise ValueError(f"ModelConfig.prediction 'sample' needs diffusion 'flow', got {self.diffusion!r}")
         if self.dim % self.heads:
             raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not self.rope_sections:

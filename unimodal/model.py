@@ -128,6 +128,15 @@ class Block(nn.Module):
         return x + gm * self.mlp(self.norm2(x) * (1 + cm) + sm)
 
 
+SAMPLE_MIN_T = 0.05
+
+
+def velocity_from_sample(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The flow velocity ε - x0 implied by a clean-sample estimate x0 (n, D) at x_t (n, D) and
+    time t (n,): (x_t - x0) / t, with t floored at SAMPLE_MIN_T, in float32."""
+    return (xt.float() - x0.float()) / t.float().clamp_min(SAMPLE_MIN_T).unsqueeze(-1)
+
+
 class FinalLayer(nn.Module):
     """Diffusion head: RMSNorm -> AdaLN (shift, scale) -> Linear to patch features."""
 
@@ -369,7 +378,10 @@ class UnifiedModel(nn.Module):
             return ModelOutput(x, None, None)
         pred = None
         if head_table is not None and (plan.has_noisy or grad):
-            pred = self.final_layer(x[noisy], head_table[layout.block[noisy]])
+            block = layout.block[noisy]
+            pred = self.final_layer(x[noisy], head_table[block])
+            if cfg.prediction == "sample":
+                pred = velocity_from_sample(pred, patches[noisy], t[block])
         text_logits = None
         if self.tok_embedder is not None and (plan.has_text or grad):
             text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])

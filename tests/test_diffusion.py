@@ -31,6 +31,44 @@ def test_flow_noise_and_velocity():
     torch.testing.assert_close(xt - t[:, None] * v, x0)
 
 
+def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
+    """A model predicting x̂0 returns (x_t - x̂0) / t: exactly ε - x0 when x̂0 = x0 (t >= 0.05), and
+    its head's raw output is that x̂0; it is refused with ε-prediction."""
+    from unimodal.model import SAMPLE_MIN_T, velocity_from_sample
+
+    x0, eps = torch.randn(6, 12), torch.randn(6, 12)
+    t = torch.tensor([0.05, 0.1, 0.3, 0.5, 0.9, 1.0])
+    xt, v = Diffusion("flow").noise(x0, eps, t)
+    torch.testing.assert_close(velocity_from_sample(x0, xt, t), v, rtol=1e-5, atol=1e-5)
+    low = torch.tensor([0.0, 0.01])
+    torch.testing.assert_close(velocity_from_sample(x0[:2], xt[:2], low), (xt[:2] - x0[:2]) / SAMPLE_MIN_T)
+
+    cfg = ModelConfig.from_preset("micro", num_classes=0, prediction="sample")
+    model = UnifiedModel(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    batch = pack(
+        [
+            encode_document(
+                Document([Text(ids=[1, 2]), Image(np.zeros((8, 8, 3), np.uint8))]), cfg.patch_size, cfg.block_spec
+            )
+        ],
+        cfg.patch_dim,
+    )
+    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(batch.tokens, nb.patches, batch.layout, t=nb.t)
+        _, head = model.adaln_tables(nb.t, None)
+        noisy = batch.layout.noisy
+        x_hat = model.final_layer(out.hidden[noisy], head[batch.layout.block[noisy]])
+    tok_t = nb.t[batch.layout.block[noisy]]
+    torch.testing.assert_close(out.pred, velocity_from_sample(x_hat, nb.patches[noisy], tok_t))
+    with pytest.raises(ValueError, match="prediction"):
+        ModelConfig.from_preset("micro", diffusion="ddpm_eps", prediction="sample")
+
+
 def test_timestep_sampling():
     g = torch.Generator().manual_seed(0)
     t = Diffusion("ddpm_eps").sample_t(20000, g)

@@ -273,7 +273,8 @@ def model_summary(cfg: ModelConfig, name: str = "") -> str:
         "built on the meta device",
         f"dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}x{head_dim}, MLP {cfg.mlp} {cfg.mlp_hidden}, "
         f"patch {cfg.patch_size} ({cfg.patch_dim} features), {text}, "
-        f"classes {cfg.num_classes or 'none'}, RoPE {cfg.rope} (t/h/w dims {secs}), diffusion {cfg.diffusion}",
+        f"classes {cfg.num_classes or 'none'}, RoPE {cfg.rope} (t/h/w dims {secs}), diffusion {cfg.diffusion}"
+        + (" (head predicts x0)" if cfg.prediction == "sample" else ""),
         "",
     ]
     children = dict(model.named_children())

@@ -66,10 +66,20 @@ class LossConfig:
     # trains more at high noise, where a block's content is decided (ddpm_eps: t uniform, unused)
     time_mean: float = 0.0
     time_std: float = 1.0
+    # when set, the mean moves linearly from time_mean at the first step to this at the last:
+    # placement (high noise) first, then the details decided at lower noise
+    time_mean_end: float | None = None
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
             raise ValueError(f"loss.time_std must be > 0, got {self.time_std}")
+
+    def time_mean_at(self, step: int, max_steps: int) -> float:
+        """The logit-normal mean of the training times at `step` of a `max_steps` run."""
+        if self.time_mean_end is None:
+            return self.time_mean
+        frac = min(max(step / max(max_steps - 1, 1), 0.0), 1.0)
+        return self.time_mean + frac * (self.time_mean_end - self.time_mean)
 
 
 @dataclass

@@ -206,6 +206,7 @@ class Trainer:
             dist.all_reduce(counts)
         denominators = (float(counts[0]) / self.world, float(counts[1]) / self.world)
         dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
+        self.diffusion.logit_mean = self.cfg.loss.time_mean_at(self.step, self.cfg.train.max_steps)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = losses(
                 self.engine,

@@ -31,6 +31,18 @@ def test_flow_noise_and_velocity():
     torch.testing.assert_close(xt - t[:, None] * v, x0)
 
 
+def test_time_mean_anneals_linearly_over_the_run():
+    """loss.time_mean_end: the mean moves from time_mean at the first step to time_mean_end at the
+    last; unset, it stays."""
+    from unimodal.train.config import LossConfig
+
+    fixed = LossConfig(time_mean=1.5)
+    assert [fixed.time_mean_at(s, 100) for s in (0, 50, 99)] == [1.5, 1.5, 1.5]
+    moving = LossConfig(time_mean=1.5, time_mean_end=-0.5)
+    got = [moving.time_mean_at(s, 101) for s in (0, 25, 50, 100, 200)]
+    assert got == pytest.approx([1.5, 1.0, 0.5, -0.5, -0.5])
+
+
 def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     """A model predicting x̂0 returns (x_t - x̂0) / t: exactly ε - x0 when x̂0 = x0 (t >= 0.05), and
     its head's raw output is that x̂0; it is refused with ε-prediction."""

@@ -592,6 +592,8 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("deepspeed=training/deepspeed/zero9.json", ["deepspeed", "zero9.json"]),
         ("optim.betas=0.9", ["optim.betas"]),
         ("loss.time_std=0", ["loss.time_std"]),
+        ("loss.time_mean_end=high", ["loss.time_mean_end", "high"]),
+        ("model.prediction=x0", ["prediction", "x0"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, names):

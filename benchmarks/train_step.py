@@ -1,6 +1,6 @@
 """Training-step throughput and model FLOP utilisation (MFU) against this machine's measured peak.
 
-    python benchmarks/train_step.py --preset tiny --batch 32 --dtype bf16
+    python benchmarks/train_step.py --preset tiny --batch 32 --dtype bf16   (default auto: bf16 where native)
     python benchmarks/train_step.py --dim 512 --depth 8 --heads 8 --batch 32 --profile
 
 The batches are the real ones of a recipe (default `shapes-tiny`: 32x32 scenes with captions, the
@@ -44,6 +44,7 @@ from unimodal import UnifiedModel  # noqa: E402
 from unimodal.attention.backends import Fields, dense_mask  # noqa: E402
 from unimodal.data.pipeline import batch_stream  # noqa: E402
 from unimodal.diffusion import Diffusion, losses  # noqa: E402
+from unimodal.precision import PRECISIONS, resolve_precision  # noqa: E402
 from unimodal.train.config import load_config  # noqa: E402
 from unimodal.train.trainer import build_model_config, load_tokenizer  # noqa: E402
 
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int)
     ap.add_argument("--mlp", choices=["gelu", "gelu_tanh", "swiglu"])
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--dtype", choices=PRECISIONS, default="auto", help="auto: bf16 where native (unimodal/precision.py)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -107,6 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    args.dtype = resolve_precision(args.dtype, device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
     overrides = [f"data.batch_size={args.batch}", *args.overrides]
@@ -118,7 +121,6 @@ def main() -> None:
     cfg = load_config(args.recipe, overrides)
     tokenizer = load_tokenizer(cfg.tokenizer, 0)
     mcfg = build_model_config(cfg, tokenizer)
-    device = torch.device(args.device)
     model = UnifiedModel(mcfg).to(device).train()
     diffusion = Diffusion(mcfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))

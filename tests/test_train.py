@@ -594,6 +594,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("loss.time_std=0", ["loss.time_std"]),
         ("loss.time_mean_end=high", ["loss.time_mean_end", "high"]),
         ("model.prediction=x0", ["prediction", "x0"]),
+        ("train.precision=fp16", ["train.precision", "fp16"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, names):

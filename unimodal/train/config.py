@@ -20,6 +20,7 @@ import yaml
 
 from ..configtools import apply_overrides, build
 from ..data.pipeline import DataConfig
+from ..precision import PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[2]  # the project checkout: training/, tokenizers_cfg/
 CONFIG_DIR = ROOT / "training" / "configs"
@@ -91,7 +92,7 @@ class LoopConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     grad_accum: int = 1
-    precision: str = "bf16"
+    precision: str = "auto"
     max_nonfinite: int = 20
     num_threads: int = 0
     # fault drills: micro-batches whose loss is made NaN, numbered from 0 over the run with skipped ones
@@ -104,8 +105,8 @@ class LoopConfig:
                 "train: max_steps, checkpoint_every, keep_checkpoints and grad_accum must be >= 1, "
                 f"got {self.max_steps}, {self.checkpoint_every}, {self.keep_checkpoints}, {self.grad_accum}"
             )
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"train.precision must be bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

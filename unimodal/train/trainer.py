@@ -29,6 +29,7 @@ from ..data.prefetch import Prefetcher
 from ..diffusion import Diffusion, losses, target_counts
 from ..hub import save_pretrained
 from ..model import UnifiedModel
+from ..precision import autocast_dtype
 from . import checkpoint
 from .config import TrainConfig, resolve_path
 from .ema import EMA
@@ -115,6 +116,9 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         torch.manual_seed(cfg.train.seed)
+        # "auto": bf16 autocast only where the hardware computes bf16 natively (unimodal/precision.py)
+        self.compute_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.log(f"precision {cfg.train.precision}: {'bf16 autocast' if self.compute_dtype == torch.bfloat16 else 'fp32'}")
         self.tokenizer = load_tokenizer(cfg.tokenizer, self.rank)
         self.model_cfg = build_model_config(cfg, self.tokenizer)
         model = UnifiedModel(self.model_cfg)
@@ -205,7 +209,7 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(counts)
         denominators = (float(counts[0]) / self.world, float(counts[1]) / self.world)
-        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float32
+        dtype = self.compute_dtype
         self.diffusion.logit_mean = self.cfg.loss.time_mean_at(self.step, self.cfg.train.max_steps)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = losses(

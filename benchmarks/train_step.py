@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int)
     ap.add_argument("--mlp", choices=["gelu", "gelu_tanh", "swiglu"])
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--dtype", choices=PRECISIONS, default="auto", help="auto: bf16 where native (unimodal/precision.py)")
+    ap.add_argument("--dtype", choices=PRECISIONS, default="auto", help="auto: bf16 where the hardware has it")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)

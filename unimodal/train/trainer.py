@@ -118,7 +118,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         # "auto": bf16 autocast only where the hardware computes bf16 natively (unimodal/precision.py)
         self.compute_dtype = autocast_dtype(cfg.train.precision, self.device)
-        self.log(f"precision {cfg.train.precision}: {'bf16 autocast' if self.compute_dtype == torch.bfloat16 else 'fp32'}")
+        computes = "bf16 autocast" if self.compute_dtype == torch.bfloat16 else "fp32"
+        self.log(f"precision {cfg.train.precision}: {computes}")
         self.tokenizer = load_tokenizer(cfg.tokenizer, self.rank)
         self.model_cfg = build_model_config(cfg, self.tokenizer)
         model = UnifiedModel(self.model_cfg)

@@ -6,7 +6,8 @@
 Each length L is one row of L tokens packed with real layouts (`unimodal.layout.pack`): documents
 of a 12-token caption and a 32x32-patch image cut into 64 blocks of 16 patches, with their noisy
 copies (2 x 1024 + 14 tokens each), as many as fit, the rest padding. Queries, keys and values
-are (1, heads, L, head_dim) in bf16 (float32 with `--dtype fp32`). Per backend:
+are (1, heads, L, head_dim) in bf16 where the hardware has it (`--dtype auto`, the default), else
+float32 (`--dtype bf16|fp32` forces one). Per backend:
 
 - `time_s`: median over `--repeats` of one call (forward) or forward + backward of the sum, after
   a warm-up call that also compiles (FlexAttention) or builds the bias (xformers);
@@ -42,6 +43,7 @@ from common import sync, write_json  # noqa: E402
 
 from unimodal.attention.backends import AttentionPlan, Fields, xformers_problem  # noqa: E402
 from unimodal.layout import EncodedDoc, VisualSegment, pack  # noqa: E402
+from unimodal.precision import PRECISIONS, resolve_precision  # noqa: E402
 
 GRID, BLOCK, CAPTION = 32, 16, 12
 
@@ -128,7 +130,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["train", "forward"], default="train")
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--dtype", choices=PRECISIONS, default="auto", help="auto: bf16 where the hardware has it")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -137,6 +139,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.dtype = resolve_precision(args.dtype, args.device)
     if args.length is not None:
         print(json.dumps(measure(args)))
         return

@@ -43,7 +43,7 @@ from common import sync, write_json  # noqa: E402
 
 from unimodal.attention.backends import AttentionPlan, Fields, xformers_problem  # noqa: E402
 from unimodal.layout import EncodedDoc, VisualSegment, pack  # noqa: E402
-from unimodal.precision import PRECISIONS, resolve_precision  # noqa: E402
+from unimodal.precision import PRECISIONS, autocast_dtype, resolve_precision  # noqa: E402
 
 GRID, BLOCK, CAPTION = 32, 16, 12
 
@@ -75,7 +75,7 @@ def measure(args) -> dict:
     """One configuration (backend, length) in this process."""
     torch.manual_seed(0)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = autocast_dtype(args.dtype, device)
     lay = scam_layout(args.length).to(device)
     f = Fields.of(lay)
     backward = args.mode == "train" and not (args.backend == "flex" and device.type == "cpu")

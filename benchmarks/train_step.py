@@ -1,6 +1,6 @@
 """Training-step throughput and model FLOP utilisation (MFU) against this machine's measured peak.
 
-    python benchmarks/train_step.py --preset tiny --batch 32 --dtype bf16   (default auto: bf16 where native)
+    python benchmarks/train_step.py --preset tiny --batch 32 --dtype bf16   (default: auto)
     python benchmarks/train_step.py --dim 512 --depth 8 --heads 8 --batch 32 --profile
 
 The batches are the real ones of a recipe (default `shapes-tiny`: 32x32 scenes with captions, the
@@ -44,7 +44,7 @@ from unimodal import UnifiedModel  # noqa: E402
 from unimodal.attention.backends import Fields, dense_mask  # noqa: E402
 from unimodal.data.pipeline import batch_stream  # noqa: E402
 from unimodal.diffusion import Diffusion, losses  # noqa: E402
-from unimodal.precision import PRECISIONS, resolve_precision  # noqa: E402
+from unimodal.precision import PRECISIONS, autocast_dtype, resolve_precision  # noqa: E402
 from unimodal.train.config import load_config  # noqa: E402
 from unimodal.train.trainer import build_model_config, load_tokenizer  # noqa: E402
 
@@ -110,7 +110,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     args.dtype = resolve_precision(args.dtype, device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = autocast_dtype(args.dtype, device)
 
     overrides = [f"data.batch_size={args.batch}", *args.overrides]
     if args.preset:

@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from unimodal.cli import main
 from unimodal.pipeline import Pipeline
+from unimodal.precision import resolve_precision
 from unimodal.train.checkpoint import COMPLETE, find_resume
 from unimodal.train.config import load_config
 
@@ -671,6 +672,8 @@ def test_main_job_end_to_end(runs):
     (image,) = pipe.text_to_image(["a small red circle at the top left"], seed=0)
     assert image.size == (32, 32)
     assert "3/3" in job["run"].stderr and "tok_s=" in job["run"].stderr  # the progress bar
+    computes = "bf16 autocast" if resolve_precision("auto", "cpu") == "bf16" else "fp32"
+    assert f"precision auto: {computes}" in job["run"].stdout  # the recipe's auto, resolved for this CPU
 
 
 def test_zero3_rank_without_noisy_tokens_trains(tmp_path):

@@ -210,9 +210,9 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(counts)
         denominators = (float(counts[0]) / self.world, float(counts[1]) / self.world)
-        dtype = self.compute_dtype
         self.diffusion.logit_mean = self.cfg.loss.time_mean_at(self.step, self.cfg.train.max_steps)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        autocast = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
             out = losses(
                 self.engine,
                 batch,

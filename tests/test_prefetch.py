@@ -1,12 +1,16 @@
 """The background batch builder: the stream's batches in order, and a state of the batches consumed."""
 
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 
 from unimodal import ModelConfig
+from unimodal.data.errors import BadRecord
 from unimodal.data.pipeline import batch_stream
 from unimodal.data.prefetch import Prefetcher
 from unimodal.tokenizer import Tokenizer
@@ -70,25 +74,42 @@ def test_close_and_load_state_rewind_to_the_consumed_batches(tok):
     ahead.close()
 
 
-def test_a_build_error_is_raised_by_the_call_that_wanted_the_batch(tok, monkeypatch):
-    s = stream(tok)
-    calls = {"n": 0}
-    build = type(s).__next__
+def captions_with_a_bad_record(root: Path, n: int = 24, bad: int = 13) -> dict:
+    """A real jsonl of (image, caption) pairs whose record `bad` has an empty caption."""
+    rows = []
+    for i in range(n):
+        px = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        PILImage.fromarray(px).save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "caption": "" if i == bad else f"a small red circle {i}"})
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"source": {"format": "captions", "path": str(root / "pairs.jsonl")}, "batch_size": 4}
 
-    def failing(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise ValueError("record 7 of shapes: field 'image': bad")
-        return build(self)
 
-    monkeypatch.setattr(type(s), "__next__", failing)
-    ahead, plain = Prefetcher(s, depth=2), stream(tok)
-    assert same(next(ahead), build(plain)) and same(next(ahead), build(plain))
-    with pytest.raises(ValueError, match="record 7"):
-        next(ahead)
-    assert ahead.batches == 2 and s.batches == 2  # nothing consumed or lost: asked again, it builds batch 3
-    assert same(next(ahead), build(plain))
+def test_a_build_error_is_raised_by_the_call_that_wanted_the_batch(tok, tmp_path):
+    cfg = captions_with_a_bad_record(tmp_path)
+    plain, good = stream(tok, cfg), []
+    with pytest.raises(BadRecord, match="record 13") as expected:
+        while True:
+            good.append(next(plain))
+    assert len(good) >= 2  # the bad record is met after some batches, not in the first
+    s = stream(tok, cfg)
+    ahead = Prefetcher(s, depth=2)
+    assert all(same(next(ahead), b) for b in good)
+    for _ in range(2):  # raised by the call that wanted that batch, as often as it is asked for
+        with pytest.raises(BadRecord, match="record 13") as raised:
+            next(ahead)
+        assert str(raised.value) == str(expected.value)
+        # nothing consumed or lost: the state is that of the good batches taken
+        assert ahead.batches == len(good) and ahead.state_dict() == stream_after(tok, cfg, len(good)).state_dict()
     ahead.close()
+
+
+def stream_after(tok, cfg: dict, batches: int):
+    """A plain stream that has yielded `batches` batches."""
+    s = stream(tok, cfg)
+    for _ in range(batches):
+        next(s)
+    return s
 
 
 def test_depth_must_be_positive(tok):

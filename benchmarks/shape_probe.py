@@ -9,6 +9,13 @@ object it reports the share with the prompt's colour, shape, size and cell, and 
 confusion matrix of shapes (rows: asked, columns: drawn). The scenes evaluation
 (`shapes-scenes-t2i`, `by_attribute`) says how often an attribute fails among several objects;
 this isolates the attribute from counting and placement, one object on an empty canvas.
+
+Two more measurements say which side fails. `captioning`: the same 72 objects rendered exactly
+and captioned by the model (greedy), the share of captions naming each attribute right, and the
+shape confusion of what it reads. `word_sensitivity`: the model's clean-image prediction x̂0 for
+these images noised to t (flow models), once with the true caption and once with the shape (or
+the colour) word replaced by another; the mean squared error at the tokens holding the object.
+A model that uses a word predicts worse when that word is wrong; one that ignores it does not.
 One JSON object goes to stdout and to `--out`.
 """
 
@@ -24,12 +31,76 @@ from common import write_json
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from unimodal.data.shapes.world import COLORS, SHAPES, SIZES  # noqa: E402
+import torch  # noqa: E402
+
+from unimodal.data.shapes.parsing import parse_caption  # noqa: E402
+from unimodal.data.shapes.render import render_scene  # noqa: E402
+from unimodal.data.shapes.world import BACKGROUND, COLORS, SHAPES, SIZES  # noqa: E402
+from unimodal.documents import Document, Image, Text  # noqa: E402
 from unimodal.eval.shapes import judge  # noqa: E402
 from unimodal.eval.tasks.shapes import generate_images  # noqa: E402
 from unimodal.pipeline import Pipeline  # noqa: E402
 
 ATTRIBUTES = ("color", "shape", "size", "position")
+NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
+
+
+def prompt(a: dict, **swap: str) -> str:
+    a = {**a, **swap}
+    return f"a {a['size']} {a['color']} {a['shape']} at the {a['position']}"
+
+
+def confusion_of(pairs: list[tuple[str, str | None]]) -> dict[str, dict[str, int]]:
+    """Rows: the shape asked or shown; columns: the shape drawn or read (None: not read)."""
+    out = {s: dict.fromkeys((*SHAPES, "none"), 0) for s in SHAPES}
+    for asked, got in pairs:
+        out[asked][got or "none"] += 1
+    return out
+
+
+def captioning(pipe: Pipeline, asked: list[dict], images: list) -> dict:
+    """Per-attribute accuracy of the model's captions of exactly rendered objects."""
+    objects = []
+    for text in pipe.caption(images):
+        spec = parse_caption(text, strict=False)
+        objects.append(spec["objects"][0] if spec and spec["objects"] else {})
+    pairs = list(zip(asked, objects, strict=True))
+    right = {k: sum(a[k] == o.get("cell" if k == "position" else k) for a, o in pairs) / len(pairs) for k in ATTRIBUTES}
+    return {"right": right, "shape_confusion": confusion_of([(a["shape"], o.get("shape")) for a, o in pairs])}
+
+
+@torch.no_grad()
+def word_sensitivity(pipe: Pipeline, asked: list[dict], images: list, seed: int) -> dict:
+    """x̂0's squared error at object tokens, true caption against a swapped shape or colour word."""
+    model, collator = pipe.model, pipe.collator
+    variants = {
+        "true": [prompt(a) for a in asked],
+        "shape_swapped": [prompt(a, shape=SHAPES[(SHAPES.index(a["shape"]) + 1) % len(SHAPES)]) for a in asked],
+        "color_swapped": [prompt(a, color=COLORS[(COLORS.index(a["color"]) + 1) % len(COLORS)]) for a in asked],
+    }
+    batches = {
+        k: collator([Document([Text(p), Image(im)]) for p, im in zip(v, images, strict=True)])
+        for k, v in variants.items()
+    }
+    ref = batches["true"]
+    x0 = ref.patches[ref.layout.noisy].float()
+    background = torch.tensor(BACKGROUND, dtype=torch.float32)[:, None] / 127.5 - 1.0
+    px = x0.view(len(x0), model.cfg.channels, -1)  # a patch is (channels, rows, columns)
+    on_object = (px - background).abs().amax((1, 2)) > 1e-3
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for t in NOISE_LEVELS:
+        xt = (1 - t) * x0 + t * eps
+        row = {}
+        for name, b in batches.items():
+            patches = b.patches.clone()
+            patches[b.layout.noisy] = xt.to(patches.dtype)
+            tt = torch.full((b.block_label.numel(),), t)
+            pred = model(b.tokens, patches, b.layout, t=tt, labels=b.block_label).pred.float()
+            x0_hat = xt - t * pred  # the velocity eps - x0 turned back into x0
+            row[name] = float(((x0_hat - x0) ** 2)[on_object].mean())
+        out[str(t)] = row
+    return {"noise_levels": list(NOISE_LEVELS), "object_token_mse": out}
 
 
 def main() -> None:
@@ -48,15 +119,13 @@ def main() -> None:
         {"color": c, "shape": s, "size": z, "position": cell}
         for c, s, z, cell in itertools.product(COLORS, SHAPES, SIZES, args.cells)
     ]
-    prompts = [f"a {a['size']} {a['color']} {a['shape']} at the {a['position']}" for a in asked]
+    prompts = [prompt(a) for a in asked]
     images = generate_images(pipe, prompts, args.seed, args.steps, args.guidance, args.sampler)
     judged = [judge(im) for im in images]
     one = [(a, j) for a, j in zip(asked, judged, strict=True) if j["count"] == 1]
     right = {k: sum(a[k] == j[k] for a, j in one) / max(len(one), 1) for k in ATTRIBUTES}
     right["all"] = sum(all(a[k] == j[k] for k in ATTRIBUTES) for a, j in one) / max(len(one), 1)
-    confusion = {s: dict.fromkeys(SHAPES, 0) for s in SHAPES}
-    for a, j in one:
-        confusion[a["shape"]][j["shape"]] += 1
+    shown = [render_scene([{**a, "cell": a["position"]}], pipe.cfg.image_size) for a in asked]
     result = {
         "benchmark": "shape_probe",
         "model": str(args.model),
@@ -67,8 +136,11 @@ def main() -> None:
         "prompts": len(prompts),
         "one_object": len(one) / len(prompts),
         "right_among_one_object": right,
-        "shape_confusion": confusion,
+        "shape_confusion": confusion_of([(a["shape"], j["shape"]) for a, j in one]),
+        "captioning": captioning(pipe, asked, shown),
     }
+    if pipe.cfg.diffusion == "flow":
+        result["word_sensitivity"] = word_sensitivity(pipe, asked, shown, args.seed)
     write_json(result, args.out, echo=True)
 
 

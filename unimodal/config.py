@@ -62,6 +62,7 @@ class ModelConfig:
     rope_sections: list[int] = field(default_factory=list)
     rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
     abs_pos: str = "none"
+    align_layer: int = 0
     timestep_freq_dim: int = 256
     attention: str = "auto"
     grad_checkpointing: bool = False
@@ -83,6 +84,11 @@ class ModelConfig:
         for key in ("dim", "depth", "heads", "channels", "patch_size", "image_size", "frames", "block_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"ModelConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.align_layer <= self.depth or self.align_layer and self.depth < 2:
+            raise ValueError(
+                f"ModelConfig.align_layer must be 0 (off) or a layer in 1..depth ({self.depth}) of a model with "
+                f"at least 2 layers, got {self.align_layer}"
+            )
         if self.prediction == "sample" and self.diffusion != "flow":
             raise ValueError(f"ModelConfig.prediction 'sample' needs diffusion 'flow', got {self.diffusion!r}")
         if self.dim % self.heads:

@@ -106,9 +106,14 @@ def losses(
     image_weight: float = 1.0,
     labels: torch.Tensor | None = None,
     denominators: tuple[float, float] | None = None,
+    align_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """{'loss', 'text', 'image', 'text_count', 'image_count'}: the weighted total, each modality's
-    mean loss (float32) and how many targets each has (text tokens; noisy values).
+    """{'loss', 'text', 'image', 'align', 'text_count', 'image_count'}: the weighted total, each
+    term's mean (float32) and how many targets each modality has (text tokens; noisy values).
+
+    `align_weight` > 0 adds the self-alignment term of a model with `align_layer` (REPA): 1 minus
+    the cosine similarity of each noisy token's projected hidden state and its clean copy's, a
+    mean over noisy tokens.
 
     A modality absent from the batch contributes 0 and reports 0. `labels` (NB,) overrides the
     batch's block labels (e.g. some dropped to the null class). `denominators` (text, image) divide
@@ -132,10 +137,20 @@ def losses(
     text_den, image_den = denominators or (text_count, image_count)
     text = text_sum / max(text_den, 1)
     image = image_sum / max(image_den, 1)
+    loss = text_weight * text + image_weight * image
+    align_sum = zero
+    if align_weight:
+        if out.align is None:
+            raise ValueError("loss.align_weight > 0 needs a model with model.align_layer > 0, trained with gradients")
+        proj, target = out.align
+        align_sum = (1 - F.cosine_similarity(proj.float(), target.float(), dim=-1)).sum()
+        # per noisy token, over the same (global) count as the image loss: patch_dim values a token
+        loss = loss + align_weight * align_sum * batch.patches.shape[-1] / max(image_den, 1)
     return {
-        "loss": text_weight * text + image_weight * image,
+        "loss": loss,
         "text": (text_sum / max(text_count, 1)).detach(),
         "image": (image_sum / max(image_count, 1)).detach(),
+        "align": (align_sum * batch.patches.shape[-1] / max(image_count, 1)).detach(),
         "text_count": torch.tensor(text_count),
         "image_count": torch.tensor(image_count),
     }

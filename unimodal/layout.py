@@ -114,6 +114,15 @@ class Layout:
         return Layout(**out)
 
 
+def clean_twins(layout: Layout, block_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the clean copy of each noisy token (row-major order of `layout.noisy`).
+
+    A block's clean copy and its noisy copies sit side by side (`c n¹ … nᴷ`, `block_len` tokens
+    each), so copy c's twin lies c · block_len tokens before it."""
+    rows, cols = layout.noisy.nonzero(as_tuple=True)
+    return rows, cols - layout.stream[rows, cols].long() * block_len
+
+
 @dataclass
 class Batch:
     """A packed batch: layout, inputs, targets and the block table.

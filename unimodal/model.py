@@ -21,7 +21,7 @@ from .attention import AttentionPlan
 from .config import ModelConfig
 from .forward_plan import ForwardPlan
 from .kv_cache import CacheStep, KVCache
-from .layout import TEXT, Layout
+from .layout import TEXT, Layout, clean_twins
 from .rope import RopeND
 
 
@@ -156,11 +156,13 @@ class FinalLayer(nn.Module):
 class ModelOutput:
     """hidden: (R, L, dim) trunk output.  pred: (n_noisy, patch_dim) diffusion-head output at the
     layout's noisy tokens (row-major order), or None.  text_logits: (n_text, vocab) at clean text
-    tokens (row-major order), or None."""
+    tokens (row-major order), or None.  align: with `cfg.align_layer`, in a training forward, the
+    projected noisy hidden states and their clean copies' (detached) targets, each (n_noisy, dim)."""
 
     hidden: torch.Tensor
     pred: torch.Tensor | None
     text_logits: torch.Tensor | None
+    align: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class UnifiedModel(nn.Module):
@@ -177,6 +179,10 @@ class UnifiedModel(nn.Module):
         self.tok_embedder = nn.Embedding(cfg.vocab_size, cfg.dim) if cfg.vocab_size else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
+        # REPA's projector (an MLP, unused at inference): noisy hidden states toward clean targets
+        self.align_proj = None
+        if cfg.align_layer:
+            self.align_proj = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         if cfg.vocab_size:
             self.text_norm = RMSNorm(cfg.dim, cfg.norm_eps)
             self.text_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -366,12 +372,16 @@ class UnifiedModel(nn.Module):
         dev = x.device.type
         tables = plan.rope_tables(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
         blocks = self.blocks if depth is None else self.blocks[:depth]
+        aligning = self.align_proj is not None and grad and heads and depth is None and step is None
+        inner: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(blocks):
             args = (x, mods[i], gather, self.rope, tables, plan.attention, step, i)
             if cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, *args, use_reentrant=False)
             else:
                 x = blk(*args)
+            if aligning and i + 1 in (cfg.align_layer, cfg.depth - 1):
+                inner[i + 1] = x
         if step is not None:
             step.end()
         if not heads or depth is not None:
@@ -385,7 +395,11 @@ class UnifiedModel(nn.Module):
         text_logits = None
         if self.tok_embedder is not None and (plan.has_text or grad):
             text_logits = self.text_logits(x[(layout.modality == TEXT) & ~noisy])
-        return ModelOutput(x, pred, text_logits)
+        align = None
+        if aligning:
+            rows, cols = clean_twins(layout, cfg.block_spec.block_len(cfg.grid))
+            align = (self.align_proj(inner[cfg.align_layer][noisy]), inner[cfg.depth - 1][rows, cols].detach())
+        return ModelOutput(x, pred, text_logits, align)
 
     def plan(
         self,

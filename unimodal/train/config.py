@@ -70,10 +70,14 @@ class LossConfig:
     # when set, the mean moves linearly from time_mean at the first step to this at the last:
     # placement (high noise) first, then the details decided at lower noise
     time_mean_end: float | None = None
+    # self-alignment (REPA with the clean stream as encoder; needs model.align_layer): its weight
+    align_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
             raise ValueError(f"loss.time_std must be > 0, got {self.time_std}")
+        if self.align_weight < 0:
+            raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
 
     def time_mean_at(self, step: int, max_steps: int) -> float:
         """The logit-normal mean of the training times at `step` of a `max_steps` run."""
@@ -215,9 +219,11 @@ def check_references(cfg: TrainConfig) -> None:
     if preset is not None and preset not in PRESETS:
         raise KeyError(f"config.model.preset: unknown preset {preset!r}; presets are {sorted(PRESETS)}")
     try:
-        ModelConfig.from_preset(preset, **m) if preset else ModelConfig.from_dict(m, source="config.model")
+        mc = ModelConfig.from_preset(preset, **m) if preset else ModelConfig.from_dict(m, source="config.model")
     except (KeyError, TypeError, ValueError) as e:
         raise type(e)(f"config.model: {e.args[0] if e.args else e}") from e
+    if cfg.loss.align_weight and not mc.align_layer:
+        raise ValueError("config.loss.align_weight: self-alignment needs model.align_layer (a layer, 1..depth)")
     path = resolve_path(cfg.deepspeed)
     try:
         ds = json.loads(path.read_text())

@@ -220,6 +220,7 @@ class Trainer:
                 text_weight=self.cfg.loss.text_weight,
                 image_weight=self.cfg.loss.image_weight,
                 denominators=denominators,
+                align_weight=self.cfg.loss.align_weight,
             )
         loss = out["loss"]
         if index in self.cfg.train.inject_nonfinite:

@@ -43,6 +43,23 @@ def test_time_mean_anneals_linearly_over_the_run():
     assert got == pytest.approx([1.5, 1.0, 0.5, -0.5, -0.5])
 
 
+def test_uniform_fraction_mixes_uniform_times_into_the_logit_normal():
+    """loss.time_uniform: the empirical CDF of the training times is (1 - f) x the logit-normal's
+    plus f x the uniform's; off (f = 0) the draws are exactly the plain logit-normal's."""
+    from math import erf, log, sqrt
+
+    plain = Diffusion("flow", 1.5, 1.0).sample_t(1000, torch.Generator().manual_seed(0))
+    off = Diffusion("flow", 1.5, 1.0, uniform_fraction=0.0).sample_t(1000, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, off)
+    f, n = 0.25, 200_000
+    t = Diffusion("flow", 1.5, 1.0, uniform_fraction=f).sample_t(n, torch.Generator().manual_seed(0))
+    for x in (0.05, 0.2, 0.4, 0.6, 0.8, 0.95):
+        logit_normal = 0.5 * (1 + erf((log(x / (1 - x)) - 1.5) / sqrt(2)))
+        assert abs((t < x).float().mean().item() - ((1 - f) * logit_normal + f * x)) < 0.004, x
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        Diffusion("flow", uniform_fraction=1.5)
+
+
 def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     """A model predicting x̂0 returns (x_t - x̂0) / t: exactly ε - x0 when x̂0 = x0 (t >= 0.05), and
     its head's raw output is that x̂0; it is refused with ε-prediction."""

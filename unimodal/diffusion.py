@@ -2,7 +2,8 @@
 
 - ``ddpm_eps``: the paper's ε-prediction on the DDPM linear-β schedule (β from 1e-4 to 0.02 over
   1000 steps, as diffusers' `DDPMScheduler()` defaults); t uniform over {0..999}.
-- ``flow``: rectified flow, x_t = (1 - t) x_0 + t ε, velocity target ε - x_0, t logit-normal.
+- ``flow``: rectified flow, x_t = (1 - t) x_0 + t ε, velocity target ε - x_0, t logit-normal,
+  optionally mixed with a uniform share (`uniform_fraction`).
 
 Every visual block draws its own t (Diffusion-Forcing-style independent noise per unit). The
 losses are text cross-entropy at clean text tokens and MSE at noisy tokens, weighted per
@@ -30,19 +31,29 @@ def ddpm_alphas_cumprod(beta_start: float = 1e-4, beta_end: float = 0.02, steps:
 class Diffusion:
     """Noising and targets for one parameterisation (`ddpm_eps` or `flow`)."""
 
-    def __init__(self, kind: str = "flow", logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+    def __init__(
+        self, kind: str = "flow", logit_mean: float = 0.0, logit_std: float = 1.0, uniform_fraction: float = 0.0
+    ) -> None:
         if kind not in ("ddpm_eps", "flow"):
             raise ValueError(f"diffusion must be 'ddpm_eps' or 'flow', got {kind!r}")
+        if not 0.0 <= uniform_fraction <= 1.0:
+            raise ValueError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
         self.kind = kind
         self.logit_mean, self.logit_std = logit_mean, logit_std
+        self.uniform_fraction = uniform_fraction
         self.alphas_cumprod = ddpm_alphas_cumprod()
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n independent timesteps: integer steps (ddpm_eps) or times in (0, 1) (flow)."""
+        """n independent timesteps: integer steps (ddpm_eps) or times in (0, 1) (flow): logit-normal,
+        each replaced by a uniform draw with probability `uniform_fraction`."""
         if self.kind == "ddpm_eps":
             return torch.randint(0, NUM_TRAIN_STEPS, (n,), generator=generator)
         z = torch.randn(n, generator=generator) * self.logit_std + self.logit_mean
-        return torch.sigmoid(z)
+        t = torch.sigmoid(z)
+        if self.uniform_fraction:  # no extra draws when off: runs without it keep their noise
+            pick = torch.rand(n, generator=generator) < self.uniform_fraction
+            t = torch.where(pick, torch.rand(n, generator=generator), t)
+        return t
 
     def noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t and the regression target for clean x0 (n, D), noise eps and per-token t (n,)."""

@@ -70,12 +70,17 @@ class LossConfig:
     # when set, the mean moves linearly from time_mean at the first step to this at the last:
     # placement (high noise) first, then the details decided at lower noise
     time_mean_end: float | None = None
+    # the share of blocks whose time is uniform on (0, 1) instead: some training at low noise,
+    # where x-prediction draws the details, without moving the mean away from placement
+    time_uniform: float = 0.0
     # self-alignment (REPA with the clean stream as encoder; needs model.align_layer): its weight
     align_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
             raise ValueError(f"loss.time_std must be > 0, got {self.time_std}")
+        if not 0.0 <= self.time_uniform <= 1.0:
+            raise ValueError(f"loss.time_uniform must be in [0, 1], got {self.time_uniform}")
         if self.align_weight < 0:
             raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
 

@@ -159,7 +159,8 @@ class Trainer:
         self.sharded = ds.get("zero_optimization", {}).get("stage", 0) == 3
         keep_ema = cfg.ema.enabled and (self.sharded or self.rank == 0)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if keep_ema else None
-        self.diffusion = Diffusion(self.model_cfg.diffusion, cfg.loss.time_mean, cfg.loss.time_std)
+        loss = cfg.loss
+        self.diffusion = Diffusion(self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform)
         self.step = 0
         self.nonfinite = 0
         self.nonfinite_run = 0
@@ -236,6 +237,7 @@ class Trainer:
                 out["image"].double() * ic,
                 ic,
                 torch.tensor((batch.layout.doc >= 0).sum().item()).double(),
+                out["align"].double() * ic,
             ]
         )
         if self.world > 1:
@@ -249,6 +251,8 @@ class Trainer:
             "text": (g[2] / g[3].clamp(min=1)).item(),
             "image": (g[4] / g[5].clamp(min=1)).item(),
         }
+        if self.cfg.loss.align_weight:
+            stats["align"] = (g[7] / g[5].clamp(min=1)).item()
         return stats, g[6].item()
 
     def train_step(self, on_skip=None) -> dict[str, float]:

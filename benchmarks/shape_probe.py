@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from unimodal.data.shapes.parsing import parse_caption  # noqa: E402
 from unimodal.data.shapes.render import render_scene  # noqa: E402
@@ -110,11 +111,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="sampler steps per block")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--sampler", default=None, help="default: the model's")
+    ap.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option (a YAML value): stochastic=true"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    pipe = Pipeline.from_pretrained(args.model)
+    options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
+    pipe = Pipeline.from_pretrained(args.model, sampler_options=options)
     asked = [
         {"color": c, "shape": s, "size": z, "position": cell}
         for c, s, z, cell in itertools.product(COLORS, SHAPES, SIZES, args.cells)
@@ -130,6 +135,7 @@ def main() -> None:
         "benchmark": "shape_probe",
         "model": str(args.model),
         "sampler": pipe.sampler if args.sampler is None else args.sampler,
+        "sampler_options": options,
         "steps": args.steps,
         "guidance": args.guidance,
         "seed": args.seed,

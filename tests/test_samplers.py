@@ -167,6 +167,20 @@ def test_flow_samplers_match_diffusers(name, n, shift):
     assert s.timesteps[0].item() == 1.0
 
 
+@pytest.mark.parametrize("n", STEPS)
+def test_stochastic_euler_matches_diffusers(n):
+    """euler with stochastic=True against FlowMatchEulerDiscreteScheduler(stochastic_sampling=True),
+    the same generator driving both; a different seed gives a different sample."""
+    diffusers = pytest.importorskip("diffusers")
+    s = make_sampler("euler", n, "flow", shift=3.0, stochastic=True)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True)
+    check_same(s, sched, n, to_model_t=lambda t: t / 1000, seeded=True)
+    if n > 1:
+        fn, x = predictor(), noise()
+        a = s.sample(fn, x.clone(), torch.Generator().manual_seed(1))
+        assert not torch.allclose(a, s.sample(fn, x.clone(), torch.Generator().manual_seed(2)))
+
+
 # --------------------------------------------------------------------------------------------- behaviour
 
 

@@ -357,18 +357,30 @@ class _FlowSampler(Sampler):
 
 
 class EulerSampler(_FlowSampler):
-    """Euler on the flow ODE (diffusers `FlowMatchEulerDiscreteScheduler`): x += (σ_next - σ) · v."""
+    """Euler on the flow ODE (diffusers `FlowMatchEulerDiscreteScheduler`): x += (σ_next - σ) · v.
+
+    `stochastic=True` is diffusers' `stochastic_sampling`: each step forms the clean estimate
+    x̂0 = x - σ · v and noises it afresh to the next level, x = (1 - σ_next) x̂0 + σ_next ε
+    (ε from `generator`), so errors of earlier steps are forgotten rather than carried."""
 
     name = "euler"
 
-    def __init__(self, num_steps: int, *, shift: float = 1.0) -> None:
+    def __init__(self, num_steps: int, *, shift: float = 1.0, stochastic: bool = False) -> None:
         super().__init__(num_steps, shift)
+        if not isinstance(stochastic, bool):
+            raise ValueError(f"{self.name}: stochastic must be true or false, got {stochastic!r}")
+        self.stochastic = stochastic
         self.timesteps = self.sigmas[:-1].clone()
         self._dts = [float(self.sigmas[k + 1] - self.sigmas[k]) for k in range(self.num_steps)]
 
     def _run(self, fn: PredictFn, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        sig = self.sigmas.tolist()
         for i, dt in enumerate(self._dts):
-            x = x + dt * self._predict(fn, x, i)
+            v = self._predict(fn, x, i)
+            if self.stochastic:
+                x = (1.0 - sig[i + 1]) * (x - sig[i] * v) + sig[i + 1] * _noise_like(x, generator)
+            else:
+                x = x + dt * v
         return x
 
 

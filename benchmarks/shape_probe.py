@@ -111,9 +111,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="sampler steps per block")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--sampler", default=None, help="default: the model's")
-    ap.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option (a YAML value): stochastic=true"
-    )
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a sampler option")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

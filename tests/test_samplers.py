@@ -307,10 +307,12 @@ def test_errors():
         make_sampler("euler", 10, "flow", shift=0.0)
     with pytest.raises(ValueError, match="eta"):
         make_sampler("ddim", 10, "ddpm_eps", eta=-1.0)
+    with pytest.raises(ValueError, match="stochastic must be true or false"):
+        make_sampler("euler", 10, "flow", stochastic=1)
     with pytest.raises(ValueError, match="expected shape"):
         make_sampler("euler", 2, "flow").sample(lambda x, t, i: x[0], noise())
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "euler", "heun"}
-    assert sampler_options("euler") == {"shift": 1.0}
+    assert sampler_options("euler") == {"shift": 1.0, "stochastic": False}
     assert all(SAMPLERS[v].diffusion_kind == k for k, v in DEFAULT_SAMPLER.items())
 
 

@@ -676,16 +676,18 @@ def test_main_job_end_to_end(runs):
     assert f"precision auto: {computes}" in job["run"].stdout  # the recipe's auto, resolved for this CPU
 
 
-def test_zero3_rank_without_noisy_tokens_trains(tmp_path):
+@pytest.mark.parametrize("align", [[], ["model.align_layer=1", "loss.align_weight=0.5"]], ids=["plain", "align"])
+def test_zero3_rank_without_noisy_tokens_trains(tmp_path, align):
     """Captioning pairs without noisy copies leave some ranks' micro-batches with no noisy token;
     ZeRO-3 (weights gathered only inside module forwards) must still train: the model runs its
-    AdaLN path on zero blocks, so every rank reduces the same gradients."""
+    AdaLN path on zero blocks, so every rank reduces the same gradients; with self-alignment its
+    projector, too, joins every rank's graph, and the run logs the term."""
     from unimodal.data.pipeline import batch_stream
     from unimodal.train.trainer import build_model_config, load_tokenizer
 
     args = [*MICRO[:4], "data.batch_size=1", "data.collate.pack_rows=null", "optim.lr=3.0e-3"]
     args += ["train.num_threads=1", "sample.prompts=[]", "sample.captions=0", "eval.tasks=[]"]
-    args += ["train.max_steps=4", "train.checkpoint_every=4", "deepspeed=training/deepspeed/zero3.json"]
+    args += ["train.max_steps=4", "train.checkpoint_every=4", "deepspeed=training/deepspeed/zero3.json", *align]
     cfg = load_config(None, args)
     tok = load_tokenizer(cfg.tokenizer, 0)
     mc = build_model_config(cfg, tok)
@@ -698,3 +700,5 @@ def test_zero3_rank_without_noisy_tokens_trains(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    logged = [r.get("align") for r in loss_rows(tmp_path / "run")]
+    assert len(logged) == 4 and all((a is not None and 0 <= a <= 2) if align else a is None for a in logged)

@@ -3,14 +3,14 @@
     python benchmarks/shape_probe.py runs/main --out benchmarks/results/main_job/shape_probe.json
 
 Prompts every combination of colour, shape and size at two cells ("a small red circle at the top
-left", ...: 6 x 3 x 2 x 2 = 72 prompts), draws each once (seed i for prompt i) with the model's
+left", ...: 8 x 3 x 2 x 2 = 96 prompts), draws each once (seed i for prompt i) with the model's
 sampler, and reads the images back with the shapes judge. Over the images that show exactly one
 object it reports the share with the prompt's colour, shape, size and cell, and all four; and the
 confusion matrix of shapes (rows: asked, columns: drawn). The scenes evaluation
 (`shapes-scenes-t2i`, `by_attribute`) says how often an attribute fails among several objects;
 this isolates the attribute from counting and placement, one object on an empty canvas.
 
-Two more measurements say which side fails. `captioning`: the same 72 objects rendered exactly
+Two more measurements say which side fails. `captioning`: the same 96 objects rendered exactly
 and captioned by the model (greedy), the share of captions naming each attribute right, and the
 shape confusion of what it reads. `word_sensitivity`: the model's clean-image prediction x̂0 for
 these images noised to t (flow models), once with the true caption and once with the shape (or

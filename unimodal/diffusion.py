@@ -122,9 +122,9 @@ def losses(
     """{'loss', 'text', 'image', 'align', 'text_count', 'image_count'}: the weighted total, each
     term's mean (float32) and how many targets each modality has (text tokens; noisy values).
 
-    `align_weight` > 0 adds the self-alignment term of a model with `align_layer` (REPA): 1 minus
+    `align_weight` weighs the self-alignment term of a model with `align_layer` (REPA): 1 minus
     the cosine similarity of each noisy token's projected hidden state and its clean copy's, a
-    mean over noisy tokens.
+    mean over noisy tokens, reported as 'align' (0 for a model without the projector).
 
     A modality absent from the batch contributes 0 and reports 0. `labels` (NB,) overrides the
     batch's block labels (e.g. some dropped to the null class). `denominators` (text, image) divide
@@ -150,13 +150,13 @@ def losses(
     image = image_sum / max(image_den, 1)
     loss = text_weight * text + image_weight * image
     align_sum = zero
-    if align_weight:
-        if out.align is None:
-            raise ValueError("loss.align_weight > 0 needs a model with model.align_layer > 0, trained with gradients")
+    if out.align is not None:  # also at weight 0: the projector joins the graph, as ZeRO needs
         proj, target = out.align
         align_sum = (1 - F.cosine_similarity(proj.float(), target.float(), dim=-1)).sum()
         # per noisy token, over the same (global) count as the image loss: patch_dim values a token
         loss = loss + align_weight * align_sum * batch.patches.shape[-1] / max(image_den, 1)
+    elif align_weight:
+        raise ValueError("loss.align_weight > 0 needs a model with model.align_layer > 0, trained with gradients")
     return {
         "loss": loss,
         "text": (text_sum / max(text_count, 1)).detach(),

@@ -158,48 +158,54 @@ class Batch:
         )
 
 
-def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int = 1) -> dict[str, list]:
-    """Flatten one document into per-token lists (no padding), positions M-RoPE style. Each block
-    of a noisy segment gets `copies` noisy copies; copy c >= 2 of the document's block j uses block
-    entry (c - 1) * n + j, n being the document's block count."""
-    cols: dict[str, list] = {k: [] for k in ("unit", "stream", "modality", "pos", "block", "origin", "token", "patch")}
+_FIELDS = ("unit", "stream", "modality", "pos", "block", "origin", "token", "patch")
+
+
+def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int) -> tuple[dict[str, torch.Tensor], int]:
+    """One document's per-token fields (no padding), positions M-RoPE style, built a segment at a
+    time; and its count of block-table entries. Each block of a noisy segment gets `copies` noisy
+    copies; copy c >= 2 of the document's block j uses block entry (c - 1) * n + j, n being the
+    document's block count."""
     n_blocks = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
-    blocks = 0
-    unit = 0
-    index = 0  # running RoPE index
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in _FIELDS}
+    blocks = unit = index = 0  # block entries, units and the running RoPE index so far
     for seg in doc.segments:
         if isinstance(seg, VisualSegment):
-            n, b, _ = seg.tokens.shape
-            extent = max(seg.grid)
-            streams = range(copies + 1) if with_noisy and seg.noisy else range(1)
-            for j in range(n):
-                pos = (seg.pos[j] + index).tolist()
-                for c in streams:
-                    cols["unit"] += [unit] * b
-                    cols["stream"] += [c] * b
-                    cols["modality"] += [VISUAL] * b
-                    cols["pos"] += pos
-                    cols["block"] += [blocks + max(c - 1, 0) * n_blocks] * b
-                    cols["origin"] += [index] * b
-                    cols["token"] += [0] * b
-                    cols["patch"].append(seg.tokens[j])
-                blocks += 1
-                unit += 1
-            index += extent
-        else:
-            for tok in seg:
-                cols["unit"].append(unit)
-                cols["stream"].append(0)
-                cols["modality"].append(TEXT)
-                cols["pos"].append([index] * 3)
-                cols["block"].append(-1)
-                cols["origin"].append(0)
-                cols["token"].append(int(tok))
-                cols["patch"].append(None)
-                unit += 1
-                index += 1
-    cols["n_blocks"] = n_blocks * (copies if with_noisy and copies > 1 else 1)  # type: ignore[assignment]
-    return cols
+            n, b, d = seg.tokens.shape
+            if d != patch_dim:
+                raise ValueError(f"patch features have size {d}, expected {patch_dim}")
+            streams = copies + 1 if with_noisy and seg.noisy else 1
+            shape = (n, streams, b)
+            j, c = torch.arange(n)[:, None, None], torch.arange(streams)[None, :, None]
+            parts["unit"].append((unit + j).expand(shape))
+            parts["stream"].append(c.expand(shape))
+            parts["modality"].append(torch.full(shape, VISUAL))
+            parts["pos"].append((seg.pos.long() + index)[:, None].expand(n, streams, b, 3))
+            parts["block"].append((blocks + j + (c - 1).clamp(min=0) * n_blocks).expand(shape))
+            parts["origin"].append(torch.full(shape, index))
+            parts["token"].append(torch.zeros(shape, dtype=torch.long))
+            parts["patch"].append(seg.tokens.float()[:, None].expand(n, streams, b, d))
+            blocks, unit, index = blocks + n, unit + n, index + max(seg.grid)
+        elif seg:
+            m = len(seg)
+            steps = torch.arange(m)
+            parts["unit"].append(unit + steps)
+            parts["stream"].append(torch.zeros(m, dtype=torch.long))
+            parts["modality"].append(torch.full((m,), TEXT))
+            parts["pos"].append((index + steps)[:, None].expand(m, 3))
+            parts["block"].append(torch.full((m,), -1))
+            parts["origin"].append(torch.zeros(m, dtype=torch.long))
+            parts["token"].append(torch.tensor(seg, dtype=torch.long))
+            parts["patch"].append(torch.zeros(m, patch_dim))
+            unit, index = unit + m, index + m
+    width = {"pos": (3,), "patch": (patch_dim,)}
+    cols = {
+        k: torch.cat([x.reshape(-1, *width.get(k, ())) for x in v])
+        if v
+        else torch.zeros((0, *width.get(k, ())), dtype=torch.float32 if k == "patch" else torch.long)
+        for k, v in parts.items()
+    }
+    return cols, n_blocks * (copies if with_noisy and copies > 1 else 1)
 
 
 def pack(
@@ -222,7 +228,14 @@ def pack(
     """
     if noisy_copies < 1:
         raise ValueError(f"noisy_copies must be at least 1, got {noisy_copies}")
-    flat = [_doc_tokens(d, with_noisy, noisy_copies) for d in docs]
+    flat, entries = [], []
+    for i, d in enumerate(docs):
+        try:
+            cols, n = _doc_tokens(d, with_noisy, noisy_copies, patch_dim)
+        except ValueError as e:
+            raise ValueError(f"document {i}: {e}") from e
+        flat.append(cols)
+        entries.append(n)
     lengths = [len(f["unit"]) for f in flat]
     if row_len is None:
         rows = [[i] for i in range(len(docs))]
@@ -258,41 +271,34 @@ def pack(
     tgt_t = torch.full((R, L), IGNORE, dtype=torch.long)
     block_label, block_doc, images = [], [], []
     for r, members in enumerate(rows):
-        off = 0
+        n_row = sum(lengths[d] for d in members)
+        if not n_row:
+            continue
+        sl = slice(0, n_row)
+        ids = torch.tensor(members)
+        sizes = torch.tensor([lengths[d] for d in members])
+        starts = [len(block_label)]
+        for d in members[:-1]:
+            starts.append(starts[-1] + entries[d])
+        row = {k: torch.cat([flat[d][k] for d in members]) for k in _FIELDS}
+        doc_t[r, sl] = ids.repeat_interleave(sizes)
+        for k, dst in zip(_FIELDS, (unit_t, stream_t, mod_t, pos_t, block_t, origin_t, tok_t, patch_t), strict=True):
+            dst[r, sl] = row[k]
+        blk = row["block"]
+        block_t[r, sl] = torch.where(blk >= 0, blk + torch.tensor(starts).repeat_interleave(sizes), blk)
+        # next-token targets: a clean text token predicts the next unit of its document when that unit is text
+        is_text, same_doc = row["modality"] == TEXT, doc_t[r, 1:n_row] == doc_t[r, : n_row - 1]
+        nxt = is_text[:-1] & is_text[1:] & same_doc
+        tgt_t[r, : n_row - 1] = torch.where(nxt, row["token"][1:], IGNORE)
         for d in members:
-            f, n = flat[d], lengths[d]
-            sl = slice(off, off + n)
-            doc_t[r, sl] = d
-            unit_t[r, sl] = torch.tensor(f["unit"], dtype=torch.long)
-            stream_t[r, sl] = torch.tensor(f["stream"], dtype=torch.long)
-            mod_t[r, sl] = torch.tensor(f["modality"], dtype=torch.long)
-            pos_t[r, sl] = torch.tensor(f["pos"], dtype=torch.long).reshape(n, 3)
-            blk = torch.tensor(f["block"], dtype=torch.long)
-            block_t[r, sl] = torch.where(blk >= 0, blk + len(block_label), blk)
-            origin_t[r, sl] = torch.tensor(f["origin"], dtype=torch.long)
-            tok_t[r, sl] = torch.tensor(f["token"], dtype=torch.long)
-            is_vis = mod_t[r, sl] == VISUAL
-            if is_vis.any():
-                vis = torch.cat([p for p in f["patch"] if p is not None])
-                if vis.shape[-1] != patch_dim:
-                    raise ValueError(f"document {d}: patch features have size {vis.shape[-1]}, expected {patch_dim}")
-                patch_t[r, off : off + n][is_vis] = vis.float()
-            # next-token targets: a clean text token predicts the next unit when that unit is text
-            is_text = mod_t[r, sl] == TEXT
-            nxt = torch.zeros(n, dtype=torch.bool)
-            nxt[:-1] = is_text[:-1] & is_text[1:]
-            tgt = torch.full((n,), IGNORE, dtype=torch.long)
-            tgt[:-1] = torch.where(nxt[:-1], tok_t[r, off + 1 : off + n], IGNORE)
-            tgt_t[r, sl] = tgt
             first_block = len(block_label)
             label = docs[d].label
-            block_label += [label if label is not None else -1] * f["n_blocks"]
-            block_doc += [d] * f["n_blocks"]
+            block_label += [label if label is not None else -1] * entries[d]
+            block_doc += [d] * entries[d]
             for seg in docs[d].segments:
                 if isinstance(seg, VisualSegment):
                     images.append((d, first_block, seg.grid))
                     first_block += seg.tokens.shape[0]
-            off += n
     layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t, origin_t)
     return Batch(
         layout,

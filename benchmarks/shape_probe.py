@@ -31,6 +31,7 @@ from common import write_json
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
@@ -40,7 +41,9 @@ from unimodal.data.shapes.world import BACKGROUND, COLORS, SHAPES, SIZES  # noqa
 from unimodal.documents import Document, Image, Text  # noqa: E402
 from unimodal.eval.shapes import judge  # noqa: E402
 from unimodal.eval.tasks.shapes import generate_images  # noqa: E402
-from unimodal.pipeline import Pipeline  # noqa: E402
+from unimodal.generation import Engine  # noqa: E402
+from unimodal.layout import VisualSegment  # noqa: E402
+from unimodal.pipeline import Pipeline, _generators, _guidance  # noqa: E402
 
 ATTRIBUTES = ("color", "shape", "size", "position")
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
@@ -104,6 +107,41 @@ def word_sensitivity(pipe: Pipeline, asked: list[dict], images: list, seed: int)
     return {"noise_levels": list(NOISE_LEVELS), "object_token_mse": out}
 
 
+@torch.no_grad()
+def teacher_forced(pipe: Pipeline, asked: list[dict], images: list, seed: int, steps: int, guidance: float) -> dict:
+    """Each block sampled from noise with the true earlier blocks as its context (as in training),
+    the sampled blocks assembled and judged: does a block, given the truth so far, draw the shape?
+    Against the free run (every block reading the model's own earlier blocks) this separates a
+    wrong conditional from errors that compound from block to block."""
+    tok, n = pipe.tokenizer, len(asked)
+    encoded = [pipe.collator.encode(Document([Image(im)]), close=False).segments for im in images]
+    true = torch.stack([next(s.tokens for s in segs if isinstance(s, VisualSegment)) for segs in encoded])
+    n_blocks = true.shape[1]
+    prefixes = [[tok.bos_id, *tok.encode(prompt(a)), tok.boi_id] for a in asked]
+    docs, picked = list(range(n)), []
+    for k in range(n_blocks):
+        eng = Engine(pipe.model, 2 * n, pipe._max_len(max(map(len, prefixes)), 1))
+        eng.text(docs, prefixes)
+        eng.text(eng.uncond_rows(docs), [[tok.bos_id, tok.null_id, tok.boi_id]] * n)
+        both = docs + eng.uncond_rows(docs)
+        eng.begin_image(both, pipe.cfg.grid)
+        if k:
+            eng.prefill_image(both, torch.cat([true[:, :k], true[:, :k]]))
+        gens = _generators([seed + i for i in range(n)], n)
+        out = eng.generate_image(
+            docs, pipe._sampler(None, steps), gens, _guidance(guidance), "text", commit_last=False, first=k
+        )
+        picked.append(out[:, 0])
+    drawn = [judge(im) for im in (np.asarray(x) for x in pipe._images(torch.stack(picked, 1)))]
+    one = [(a, j) for a, j in zip(asked, drawn, strict=True) if j["count"] == 1]
+    right = {k: sum(a[k] == j[k] for a, j in one) / max(len(one), 1) for k in ATTRIBUTES}
+    return {
+        "one_object": len(one) / n,
+        "right_among_one_object": right,
+        "shape_confusion": confusion_of([(a["shape"], j["shape"]) for a, j in one]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="an exported model folder or a training run directory")
@@ -113,6 +151,7 @@ def main() -> None:
     ap.add_argument("--sampler", default=None, help="default: the model's")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a sampler option")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--teacher-forced", action="store_true", help="also sample each block from the true earlier ones")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -145,6 +184,8 @@ def main() -> None:
     }
     if pipe.cfg.diffusion == "flow":
         result["word_sensitivity"] = word_sensitivity(pipe, asked, shown, args.seed)
+    if args.teacher_forced:
+        result["teacher_forced"] = teacher_forced(pipe, asked, shown, args.seed, args.steps, args.guidance)
     write_json(result, args.out, echo=True)
 
 

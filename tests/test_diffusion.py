@@ -98,6 +98,64 @@ def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
         ModelConfig.from_preset("micro", diffusion="ddpm_eps", prediction="sample")
 
 
+def test_preconditioning_leaves_a_unit_variance_target_uncorrelated_with_x_t():
+    """c_skip·x_t is the least-squares linear estimate of x0 on the flow path, and c_out the spread
+    of the rest: by Monte Carlo over x0 ~ N(0, σ²), F's target (x0 - c_skip·x_t) / c_out has unit
+    variance and no correlation with x_t, at every t; x̂0 tends to x_t at t -> 0 and to c_out·F at 1."""
+    from unimodal.model import preconditioning
+
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.3, 0.5, 1.0):
+        x0 = sigma * torch.randn(400_000, generator=g)
+        eps = torch.randn(400_000, generator=g)
+        for t in (0.05, 0.2, 0.5, 0.8, 0.97):
+            xt = (1 - t) * x0 + t * eps
+            c_skip, c_out = preconditioning(torch.tensor(t), sigma)
+            target = (x0 - c_skip * xt) / c_out
+            assert abs(target.var().item() - 1) < 0.01, (sigma, t)
+            assert abs(torch.corrcoef(torch.stack([target, xt]))[0, 1].item()) < 0.01, (sigma, t)
+    c_skip, c_out = preconditioning(torch.tensor([0.0, 1.0]), 0.5)
+    torch.testing.assert_close(c_skip, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(c_out, torch.tensor([0.0, 0.5]))
+
+
+def test_preconditioned_prediction_returns_the_velocity_of_its_clean_estimate():
+    """prediction "preconditioned": the model returns (x_t - x̂0) / t for x̂0 = c_skip·x_t + c_out·F,
+    F its head's raw output, computed without dividing by t (finite at t = 0, equal to the direct
+    formula elsewhere); refused with ε-prediction."""
+    from unimodal.model import preconditioning, velocity_from_preconditioned
+
+    f, xt = torch.randn(5, 12), torch.randn(5, 12)
+    t = torch.tensor([0.02, 0.1, 0.5, 0.9, 1.0])
+    c_skip, c_out = preconditioning(t, 0.4)
+    x_hat = c_skip[:, None] * xt + c_out[:, None] * f
+    torch.testing.assert_close(velocity_from_preconditioned(f, xt, t, 0.4), (xt - x_hat) / t[:, None])
+    assert torch.isfinite(velocity_from_preconditioned(f, xt, torch.zeros(5), 0.4)).all()
+
+    cfg = ModelConfig.from_preset("micro", num_classes=0, prediction="preconditioned", sigma_data=0.4)
+    model = UnifiedModel(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    doc = Document([Text(ids=[1, 2]), Image(np.zeros((8, 8, 3), np.uint8))])
+    batch = pack([encode_document(doc, cfg.patch_size, cfg.block_spec)], cfg.patch_dim)
+    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(batch.tokens, nb.patches, batch.layout, t=nb.t)
+        _, head = model.adaln_tables(nb.t, None)
+        noisy = batch.layout.noisy
+        raw = model.final_layer(out.hidden[noisy], head[batch.layout.block[noisy]])
+    tok_t = nb.t[batch.layout.block[noisy]]
+    c_skip, c_out = preconditioning(tok_t, 0.4)
+    x_hat = c_skip[:, None] * nb.patches[noisy] + c_out[:, None] * raw
+    torch.testing.assert_close(out.pred, (nb.patches[noisy] - x_hat) / tok_t[:, None], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction"):
+        ModelConfig.from_preset("micro", diffusion="ddpm_eps", prediction="preconditioned")
+    with pytest.raises(ValueError, match="sigma_data"):
+        ModelConfig.from_preset("micro", prediction="preconditioned", sigma_data=0.0)
+
+
 def test_timestep_sampling():
     g = torch.Generator().manual_seed(0)
     t = Diffusion("ddpm_eps").sample_t(20000, g)
@@ -154,6 +212,30 @@ def test_losses_per_modality(kind):
     out["loss"].backward()
     assert model.final_layer.linear.weight.grad.abs().sum() > 0
     assert model.tok_embedder.weight.grad.abs().sum() > 0
+
+
+def test_sample_weighting_is_the_clean_estimates_error():
+    """weighting "sample": the image loss is the mean squared error of x̂0 = x_t - t·v̂ (each
+    velocity error times its block's t²), recomputed here from the raw predictions; refused for
+    ε-models."""
+    cfg = ModelConfig.from_preset("micro", num_classes=0)
+    model = UnifiedModel(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    batch = make_batch(cfg)
+    out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0), weighting="sample")
+    with torch.no_grad():
+        nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+        v = model(batch.tokens, nb.patches, batch.layout, t=nb.t).pred
+    lay = batch.layout
+    t = nb.t[lay.block[lay.noisy]][:, None]
+    xt, x0 = nb.patches[lay.noisy], batch.patches[lay.noisy]
+    torch.testing.assert_close(out["image"], ((xt - t * v) - x0).pow(2).mean(), rtol=1e-5, atol=1e-6)
+    eps_cfg = ModelConfig.from_preset("micro", diffusion="ddpm_eps")
+    with pytest.raises(ValueError, match="weighting"):
+        losses(UnifiedModel(eps_cfg), make_batch(eps_cfg), Diffusion("ddpm_eps"), weighting="sample")
 
 
 def test_losses_without_text_targets_are_finite():

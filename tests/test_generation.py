@@ -47,6 +47,12 @@ def test_cached_equals_uncached_text_to_image(tok, block_size, guidance):
     assert np.abs(a[0] - a[1]).max() > 1e-2  # different prompts and seeds give different images
 
 
+def test_no_prompts_no_images(tok):
+    """An empty prompt list draws nothing, with or without guidance."""
+    pipe = Pipeline(random_model(tok), tok, num_steps=2)
+    assert pipe.text_to_image([]) == [] and pipe.text_to_image([], guidance=2.0) == []
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
 def test_cached_equals_uncached_class_guidance(sampler):
     """Class mode: both branches read one shared cache row."""

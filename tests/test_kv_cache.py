@@ -258,10 +258,11 @@ def test_cached_equals_full_forward_with_absolute_positions():
     run_and_compare(video, [Document([Image(clip)], label=3)])
 
 
-def test_cached_equals_full_forward_with_sample_prediction():
-    """prediction "sample": the velocity is computed from x̂0 and each noisy token's own x_t and t,
-    the same in the incremental path as in training."""
-    cfg = ModelConfig.from_preset("micro", block_size=2, num_classes=0, prediction="sample")
+@pytest.mark.parametrize("prediction", ["sample", "preconditioned"])
+def test_cached_equals_full_forward_with_sample_prediction(prediction):
+    """prediction "sample" and "preconditioned": the velocity is computed from x̂0 and each noisy
+    token's own x_t and t, the same in the incremental path as in training."""
+    cfg = ModelConfig.from_preset("micro", block_size=2, num_classes=0, prediction=prediction)
     docs = [
         Document([Text(ids=[1, 2, 3]), Image(image(0, 8)), Text(ids=[4, 5])]),
         Document([Image(image(1, 8)), Image(image(2, 8)), Text(ids=[7, 8])]),

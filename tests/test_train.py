@@ -67,7 +67,7 @@ MICRO = [
     "schedule.warmup_steps=2",
     "ema.decay=0.9",
     "train.num_threads=1",
-    "sample.prompts=[]",
+    "sample.per_prompt=0",  # no sample grid
     "sample.captions=0",
     "eval.samples=4",
 ]
@@ -596,6 +596,8 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("loss.time_mean_end=high", ["loss.time_mean_end", "high"]),
         ("model.prediction=x0", ["prediction", "x0"]),
         ("train.precision=fp16", ["train.precision", "fp16"]),
+        ("sample.per_prompt=-1", ["sample.per_prompt"]),
+        ("model.sigma_data=-0.5", ["sigma_data"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, names):

@@ -21,7 +21,7 @@ from .rope import default_sections
 
 MLP_KINDS = ("gelu_tanh", "gelu", "swiglu")
 DIFFUSIONS = ("ddpm_eps", "flow")
-PREDICTIONS = ("target", "sample")
+PREDICTIONS = ("target", "sample", "preconditioned")
 ATTENTION_BACKENDS = ("auto", "dense", "flex", "xformers")
 ROPE_MODES = ("axial", "official")
 ABS_POS = ("none", "sincos")
@@ -58,6 +58,7 @@ class ModelConfig:
     block_size: int = 4
     diffusion: str = "flow"
     prediction: str = "target"
+    sigma_data: float = 0.5
     rope: str = "axial"
     rope_sections: list[int] = field(default_factory=list)
     rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
@@ -89,8 +90,12 @@ class ModelConfig:
                 f"ModelConfig.align_layer must be 0 (off) or a layer in 1..depth ({self.depth}) of a model with "
                 f"at least 2 layers, got {self.align_layer}"
             )
-        if self.prediction == "sample" and self.diffusion != "flow":
-            raise ValueError(f"ModelConfig.prediction 'sample' needs diffusion 'flow', got {self.diffusion!r}")
+        if self.prediction != "target" and self.diffusion != "flow":
+            raise ValueError(
+                f"ModelConfig.prediction {self.prediction!r} needs diffusion 'flow', got {self.diffusion!r}"
+            )
+        if not self.sigma_data > 0:
+            raise ValueError(f"ModelConfig.sigma_data must be > 0, got {self.sigma_data}")
         if self.dim % self.heads:
             raise ValueError(f"ModelConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not self.rope_sections:

@@ -118,6 +118,7 @@ def losses(
     labels: torch.Tensor | None = None,
     denominators: tuple[float, float] | None = None,
     align_weight: float = 0.0,
+    weighting: str = "none",
 ) -> dict[str, torch.Tensor]:
     """{'loss', 'text', 'image', 'align', 'text_count', 'image_count'}: the weighted total, each
     term's mean (float32) and how many targets each modality has (text tokens; noisy values).
@@ -130,14 +131,23 @@ def losses(
     batch's block labels (e.g. some dropped to the null class). `denominators` (text, image) divide
     the summed losses instead of this batch's own counts: data-parallel ranks pass the global
     counts divided by the world size, so every target weighs the same whatever rank holds it.
+
+    `weighting` "sample" (flow only) weighs each noisy token's squared velocity error by its t²:
+    the error of its clean estimate x̂0 = x_t - t·v̂. The velocity error of a block at low noise is
+    its x̂0 error divided by t, so without it a few low-noise blocks can outweigh the rest.
     """
     nb = noise_batch(batch, diffusion, generator)
     lay = batch.layout
     out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=batch.block_label if labels is None else labels)
     zero = torch.zeros((), device=nb.patches.device)
     image_sum, image_count = zero, 0
+    if weighting not in ("none", "sample") or weighting == "sample" and diffusion.kind != "flow":
+        raise ValueError(f"loss.weighting must be 'none', or 'sample' for flow models, got {weighting!r}")
     if out.pred is not None:
-        image_sum = F.mse_loss(out.pred.float(), nb.target.float(), reduction="sum")
+        err = (out.pred.float() - nb.target.float()) ** 2
+        if weighting == "sample":
+            err = err * nb.t[lay.block[lay.noisy]].float().square().unsqueeze(-1)
+        image_sum = err.sum()
         image_count = nb.target.numel()
     text_sum, text_count = zero, 0
     if out.text_logits is not None:

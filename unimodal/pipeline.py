@@ -140,6 +140,8 @@ class Pipeline:
         output_type,
     ) -> list:
         n = len(prefixes)
+        if not n:
+            return []
         schedule = _guidance(self.guidance if guidance is None else guidance)
         mode = mode if schedule is not None else None
         rows = 2 * n if mode == "text" else n

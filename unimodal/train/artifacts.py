@@ -56,10 +56,10 @@ def finalize(trainer) -> None:
     pipe = Pipeline.from_pretrained(out, num_steps=cfg.sample.num_steps, sampler=cfg.sample.sampler)
     s = cfg.sample
     grid_images, cols = [], s.per_prompt
-    if s.prompts and pipe.tokenizer is not None:
+    if s.per_prompt and s.prompts and pipe.tokenizer is not None:
         for i, p in enumerate(s.prompts):
             grid_images += pipe.text_to_image([p] * s.per_prompt, guidance=s.guidance, seed=1000 * i)
-    elif s.classes:
+    elif s.per_prompt and s.classes:
         for i, y in enumerate(s.classes):
             grid_images += pipe.class_to_image([y] * s.per_prompt, guidance=s.guidance, seed=1000 * i)
     if grid_images:  # a clip becomes one row of its frames

@@ -75,6 +75,9 @@ class LossConfig:
     time_uniform: float = 0.0
     # self-alignment (REPA with the clean stream as encoder; needs model.align_layer): its weight
     align_weight: float = 0.0
+    # "sample" (flow): each block's velocity error weighed by t², the error of its clean estimate,
+    # so that low-noise blocks (velocity error = x̂0 error / t) do not outweigh the rest
+    weighting: str = "none"
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
@@ -83,6 +86,8 @@ class LossConfig:
             raise ValueError(f"loss.time_uniform must be in [0, 1], got {self.time_uniform}")
         if self.align_weight < 0:
             raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
+        if self.weighting not in ("none", "sample"):
+            raise ValueError(f"loss.weighting must be 'none' or 'sample', got {self.weighting!r}")
 
     def time_mean_at(self, step: int, max_steps: int) -> float:
         """The logit-normal mean of the training times at `step` of a `max_steps` run."""
@@ -145,6 +150,13 @@ class SampleConfig:
     guidance: float = 1.0
     sampler: str | None = None
     captions: int = 8
+
+    def __post_init__(self) -> None:
+        for key in ("per_prompt", "captions"):  # 0: no grid, no captions
+            if getattr(self, key) < 0:
+                raise ValueError(f"sample.{key} must be >= 0, got {getattr(self, key)}")
+        if self.num_steps < 1:
+            raise ValueError(f"sample.num_steps must be >= 1, got {self.num_steps}")
 
 
 @dataclass

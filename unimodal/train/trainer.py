@@ -161,6 +161,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if keep_ema else None
         loss = cfg.loss
         self.diffusion = Diffusion(self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform)
+        if loss.weighting == "sample" and self.model_cfg.diffusion != "flow":
+            raise ValueError(f"loss.weighting 'sample' needs a flow model, got diffusion {self.model_cfg.diffusion!r}")
         self.step = 0
         self.nonfinite = 0
         self.nonfinite_run = 0
@@ -222,6 +224,7 @@ class Trainer:
                 image_weight=self.cfg.loss.image_weight,
                 denominators=denominators,
                 align_weight=self.cfg.loss.align_weight,
+                weighting=self.cfg.loss.weighting,
             )
         loss = out["loss"]
         if index in self.cfg.train.inject_nonfinite:

@@ -16,6 +16,7 @@ shape confusion of what it reads. `word_sensitivity`: the model's clean-image pr
 these images noised to t (flow models), once with the true caption and once with the shape (or
 the colour) word replaced by another; the mean squared error at the tokens holding the object.
 A model that uses a word predicts worse when that word is wrong; one that ignores it does not.
+Beside them, the error of x_t itself: where x̂0 is worse than its input, the model blurs.
 One JSON object goes to stdout and to `--out`.
 """
 
@@ -46,7 +47,7 @@ from unimodal.layout import VisualSegment  # noqa: E402
 from unimodal.pipeline import Pipeline, _generators, _guidance  # noqa: E402
 
 ATTRIBUTES = ("color", "shape", "size", "position")
-NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
+NOISE_LEVELS = (0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def prompt(a: dict, **swap: str) -> str:
@@ -103,6 +104,7 @@ def word_sensitivity(pipe: Pipeline, asked: list[dict], images: list, seed: int)
             pred = model(b.tokens, patches, b.layout, t=tt, labels=b.block_label).pred.float()
             x0_hat = xt - t * pred  # the velocity eps - x0 turned back into x0
             row[name] = float(((x0_hat - x0) ** 2)[on_object].mean())
+        row["x_t"] = float(((xt - x0) ** 2)[on_object].mean())  # the noisy input itself, for scale
         out[str(t)] = row
     return {"noise_levels": list(NOISE_LEVELS), "object_token_mse": out}
 

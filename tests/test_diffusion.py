@@ -193,6 +193,51 @@ def test_independent_timestep_per_block():
     torch.testing.assert_close(nb.patches[lay.noisy], (1 - tt) * x0 + tt * eps)
 
 
+@pytest.mark.parametrize("keys", [None, [11, 12, 13]])
+def test_context_noise_touches_only_the_clean_copies_of_diffusion_blocks(keys):
+    """context_noise: the clean copies of blocks with a noisy copy become (1 - s)·x0 + s·e with one
+    s <= context_noise per block; a context-only image and text stay exact, and the noisy copies,
+    t and targets are those of a run without it (its draws come after theirs)."""
+    from unimodal.layout import VisualSegment
+
+    cfg = ModelConfig.from_preset("micro")
+    rng = np.random.default_rng(0)
+    enc = [
+        encode_document(
+            Document([Text(ids=[1, 2]), Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))]),
+            cfg.patch_size,
+            cfg.block_spec,
+        )
+        for _ in range(3)
+    ]
+    enc[1].segments = [  # the captioning case: the image is context only
+        VisualSegment(x.tokens, x.pos, x.grid, noisy=False) if isinstance(x, VisualSegment) else x
+        for x in enc[1].segments
+    ]
+    batch = pack(enc, cfg.patch_dim, row_len=200)
+    if keys is not None:
+        batch.doc_keys = torch.tensor(keys)
+    lay = batch.layout
+    plain = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    noised = noise_batch(batch, Diffusion("flow", context_noise=0.3), torch.Generator().manual_seed(0))
+    assert torch.equal(plain.t, noised.t) and torch.equal(plain.target, noised.target)
+    assert torch.equal(plain.patches[lay.noisy], noised.patches[lay.noisy])
+    clean_visual = ~lay.noisy & (lay.block >= 0)
+    context_only = clean_visual & (lay.doc == 1)
+    touched = clean_visual & (lay.doc != 1)
+    assert torch.equal(noised.patches[~touched], plain.patches[~touched])  # noisy copies, text, context-only
+    assert context_only.any() and touched.any()
+    x0, got = batch.patches[touched], noised.patches[touched]
+    assert (got - x0).abs().amax(-1).min() > 0
+    # one s per block: got - (1 - s) x0 = s e, so for the right s the residual has unit spread
+    for b in lay.block[touched].unique():
+        m = lay.block[touched] == b
+        resid = [((got[m] - (1 - s) * x0[m]) / s).std().item() for s in torch.linspace(0.01, 0.3, 59)]
+        assert min(abs(r - 1) for r in resid) < 0.35
+    with pytest.raises(ValueError, match="context_noise"):
+        Diffusion("ddpm_eps", context_noise=0.1)
+
+
 @pytest.mark.parametrize("kind", ["flow", "ddpm_eps"])
 def test_losses_per_modality(kind):
     cfg = ModelConfig.from_preset("micro", diffusion=kind)

@@ -597,6 +597,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("model.prediction=x0", ["prediction", "x0"]),
         ("train.precision=fp16", ["train.precision", "fp16"]),
         ("sample.per_prompt=-1", ["sample.per_prompt"]),
+        ("loss.context_noise=2", ["loss.context_noise"]),
         ("model.sigma_data=-0.5", ["sigma_data"]),
     ],
 )

@@ -274,7 +274,10 @@ def model_summary(cfg: ModelConfig, name: str = "") -> str:
         f"dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}x{head_dim}, MLP {cfg.mlp} {cfg.mlp_hidden}, "
         f"patch {cfg.patch_size} ({cfg.patch_dim} features), {text}, "
         f"classes {cfg.num_classes or 'none'}, RoPE {cfg.rope} (t/h/w dims {secs}), diffusion {cfg.diffusion}"
-        + (" (head predicts x0)" if cfg.prediction == "sample" else ""),
+        + {
+            "sample": " (head predicts x0)",
+            "preconditioned": f" (head preconditioned, sigma_data {cfg.sigma_data})",
+        }.get(cfg.prediction, ""),
         "",
     ]
     children = dict(model.named_children())

@@ -32,15 +32,23 @@ class Diffusion:
     """Noising and targets for one parameterisation (`ddpm_eps` or `flow`)."""
 
     def __init__(
-        self, kind: str = "flow", logit_mean: float = 0.0, logit_std: float = 1.0, uniform_fraction: float = 0.0
+        self,
+        kind: str = "flow",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        uniform_fraction: float = 0.0,
+        context_noise: float = 0.0,
     ) -> None:
         if kind not in ("ddpm_eps", "flow"):
             raise ValueError(f"diffusion must be 'ddpm_eps' or 'flow', got {kind!r}")
         if not 0.0 <= uniform_fraction <= 1.0:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
+        if not 0.0 <= context_noise <= 1.0 or context_noise and kind != "flow":
+            raise ValueError(f"context_noise must be in [0, 1], and 0 unless the diffusion is flow: {context_noise}")
         self.kind = kind
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.uniform_fraction = uniform_fraction
+        self.context_noise = context_noise
         self.alphas_cumprod = ddpm_alphas_cumprod()
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,28 +84,53 @@ class NoisedBatch:
 
 def noise_batch(batch: Batch, diffusion: Diffusion, generator: torch.Generator | None = None) -> NoisedBatch:
     """Draw one t per visual block and fresh noise per noisy token: from `generator`, or, when the
-    batch carries `doc_keys`, from one generator per document seeded by its key."""
+    batch carries `doc_keys`, from one generator per document seeded by its key.
+
+    With `diffusion.context_noise` > 0 the clean copies of the blocks that train diffusion are
+    noised too, each block to its own time s drawn uniformly from [0, context_noise]: the blocks
+    after them learn to continue context that is not exactly right, as the model's own samples are
+    at inference. Context-only images (captioning) and text stay clean."""
     lay = batch.layout
     noisy = lay.noisy
     x0 = batch.patches[noisy]
     blocks = lay.block[noisy]
+    n_blocks = batch.block_label.numel()
+    ctx = None
+    if diffusion.context_noise:
+        trains = torch.zeros(n_blocks, dtype=torch.bool, device=blocks.device)
+        trains[blocks] = True
+        ctx = ~noisy & (lay.block >= 0) & trains[lay.block.clamp(min=0)]
+    n_ctx = int(ctx.sum()) if ctx is not None else 0
     if batch.doc_keys is None:
-        t = diffusion.sample_t(batch.block_label.numel(), generator)
+        t = diffusion.sample_t(n_blocks, generator)
         eps = torch.randn(x0.shape, generator=generator)
+        if ctx is not None:
+            s = torch.rand(n_blocks, generator=generator) * diffusion.context_noise
+            e = torch.randn((n_ctx, x0.shape[-1]), generator=generator)
     else:
-        t = torch.empty(batch.block_label.numel(), dtype=torch.long if diffusion.kind == "ddpm_eps" else torch.float)
+        t = torch.empty(n_blocks, dtype=torch.long if diffusion.kind == "ddpm_eps" else torch.float)
         eps = torch.empty(x0.shape)
-        tok_doc = batch.block_doc.cpu()[blocks.cpu()]
+        block_doc = batch.block_doc.cpu()
+        tok_doc = block_doc[blocks.cpu()]
+        if ctx is not None:
+            s, e = torch.empty(n_blocks), torch.empty((n_ctx, x0.shape[-1]))
+            ctx_doc = block_doc[lay.block[ctx].cpu()]
         for d, key in enumerate(batch.doc_keys.tolist()):
             g = torch.Generator().manual_seed(int(key))
-            mine = batch.block_doc.cpu() == d
+            mine = block_doc == d
             t[mine] = diffusion.sample_t(int(mine.sum()), g)
             sel = tok_doc == d
             eps[sel] = torch.randn((int(sel.sum()), x0.shape[-1]), generator=g)
+            if ctx is not None:  # after the draws above: a run without it keeps its noise
+                s[mine] = torch.rand(int(mine.sum()), generator=g) * diffusion.context_noise
+                here = ctx_doc == d
+                e[here] = torch.randn((int(here.sum()), x0.shape[-1]), generator=g)
     t, eps = t.to(x0.device), eps.to(x0.device, x0.dtype)
     xt, target = diffusion.noise(x0, eps, t[blocks])
     patches = batch.patches.clone()
     patches[noisy] = xt
+    if ctx is not None:
+        patches[ctx] = diffusion.noise(patches[ctx], e.to(x0.device, x0.dtype), s.to(x0.device)[lay.block[ctx]])[0]
     return NoisedBatch(patches, t, target)
 
 

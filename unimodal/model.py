@@ -137,23 +137,26 @@ def velocity_from_sample(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) ->
     return (xt.float() - x0.float()) / t.float().clamp_min(SAMPLE_MIN_T).unsqueeze(-1)
 
 
+def _precondition_denominator(t: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """The variance of x_t = (1 - t)·x0 + t·ε for x0 of standard deviation sigma_data."""
+    return (1 - t) ** 2 * sigma_data**2 + t**2
+
+
 def preconditioning(t: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip, c_out) of x̂0 = c_skip·x_t + c_out·F on the flow path x_t = (1 - t)·x0 + t·ε, for data
     of standard deviation sigma_data: c_skip·x_t is the best linear estimate of x0, and c_out the
     standard deviation of what is left, so F's target has unit variance (EDM's preconditioning)."""
     t = t.float()
-    s2 = sigma_data**2
-    d = (1 - t) ** 2 * s2 + t**2
-    return (1 - t) * s2 / d, t * sigma_data / d.sqrt()
+    d = _precondition_denominator(t, sigma_data)
+    return (1 - t) * sigma_data**2 / d, t * sigma_data / d.sqrt()
 
 
 def velocity_from_preconditioned(f: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """The flow velocity (x_t - x̂0) / t of x̂0 = c_skip·x_t + c_out·F, written without dividing by t
     (both coefficients have finite limits at t = 0), in float32. f, xt (n, D); t (n,)."""
     t = t.float().unsqueeze(-1)
-    s2 = sigma_data**2
-    d = (1 - t) ** 2 * s2 + t**2
-    return (t - (1 - t) * s2) / d * xt.float() - sigma_data / d.sqrt() * f.float()
+    d = _precondition_denominator(t, sigma_data)
+    return (t - (1 - t) * sigma_data**2) / d * xt.float() - sigma_data / d.sqrt() * f.float()
 
 
 class FinalLayer(nn.Module):

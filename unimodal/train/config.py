@@ -78,6 +78,9 @@ class LossConfig:
     # "sample" (flow): each block's velocity error weighed by t², the error of its clean estimate,
     # so that low-noise blocks (velocity error = x̂0 error / t) do not outweigh the rest
     weighting: str = "none"
+    # flow: the clean copies of diffusion blocks noised to a time drawn from [0, context_noise] per
+    # block, so that later blocks learn to continue imperfect context (their own samples at inference)
+    context_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
@@ -86,6 +89,8 @@ class LossConfig:
             raise ValueError(f"loss.time_uniform must be in [0, 1], got {self.time_uniform}")
         if self.align_weight < 0:
             raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
+        if not 0.0 <= self.context_noise <= 1.0:
+            raise ValueError(f"loss.context_noise must be in [0, 1], got {self.context_noise}")
         if self.weighting not in ("none", "sample"):
             raise ValueError(f"loss.weighting must be 'none' or 'sample', got {self.weighting!r}")
 

@@ -160,7 +160,11 @@ class Trainer:
         keep_ema = cfg.ema.enabled and (self.sharded or self.rank == 0)
         self.ema = EMA(self.model, cfg.ema.decay, cfg.ema.warmup) if keep_ema else None
         loss = cfg.loss
-        self.diffusion = Diffusion(self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform)
+        if loss.context_noise and self.model_cfg.diffusion != "flow":
+            raise ValueError(f"loss.context_noise needs a flow model, got diffusion {self.model_cfg.diffusion!r}")
+        self.diffusion = Diffusion(
+            self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform, loss.context_noise
+        )
         if loss.weighting == "sample" and self.model_cfg.diffusion != "flow":
             raise ValueError(f"loss.weighting 'sample' needs a flow model, got diffusion {self.model_cfg.diffusion!r}")
         self.step = 0

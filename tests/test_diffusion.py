@@ -60,6 +60,25 @@ def test_uniform_fraction_mixes_uniform_times_into_the_logit_normal():
         Diffusion("flow", uniform_fraction=1.5)
 
 
+def returned_and_raw_head(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """A perturbed model's returned prediction and its head's raw output at the noisy tokens of one
+    text + image document, with their x_t and t."""
+    model = UnifiedModel(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    doc = Document([Text(ids=[1, 2]), Image(np.zeros((8, 8, 3), np.uint8))])
+    batch = pack([encode_document(doc, cfg.patch_size, cfg.block_spec)], cfg.patch_dim)
+    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(1))
+    noisy = batch.layout.noisy
+    with torch.no_grad():
+        out = model(batch.tokens, nb.patches, batch.layout, t=nb.t)
+        _, head = model.adaln_tables(nb.t, None)
+        raw = model.final_layer(out.hidden[noisy], head[batch.layout.block[noisy]])
+    return out.pred, raw, nb.patches[noisy], nb.t[batch.layout.block[noisy]]
+
+
 def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     """A model predicting x̂0 returns (x_t - x̂0) / t: exactly ε - x0 when x̂0 = x0 (t >= 0.05), and
     its head's raw output is that x̂0; it is refused with ε-prediction."""
@@ -72,28 +91,8 @@ def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     low = torch.tensor([0.0, 0.01])
     torch.testing.assert_close(velocity_from_sample(x0[:2], xt[:2], low), (xt[:2] - x0[:2]) / SAMPLE_MIN_T)
 
-    cfg = ModelConfig.from_preset("micro", num_classes=0, prediction="sample")
-    model = UnifiedModel(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    batch = pack(
-        [
-            encode_document(
-                Document([Text(ids=[1, 2]), Image(np.zeros((8, 8, 3), np.uint8))]), cfg.patch_size, cfg.block_spec
-            )
-        ],
-        cfg.patch_dim,
-    )
-    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out = model(batch.tokens, nb.patches, batch.layout, t=nb.t)
-        _, head = model.adaln_tables(nb.t, None)
-        noisy = batch.layout.noisy
-        x_hat = model.final_layer(out.hidden[noisy], head[batch.layout.block[noisy]])
-    tok_t = nb.t[batch.layout.block[noisy]]
-    torch.testing.assert_close(out.pred, velocity_from_sample(x_hat, nb.patches[noisy], tok_t))
+    pred, x_hat, xt, tok_t = returned_and_raw_head(ModelConfig.from_preset("micro", num_classes=0, prediction="sample"))
+    torch.testing.assert_close(pred, velocity_from_sample(x_hat, xt, tok_t))
     with pytest.raises(ValueError, match="prediction"):
         ModelConfig.from_preset("micro", diffusion="ddpm_eps", prediction="sample")
 
@@ -133,23 +132,10 @@ def test_preconditioned_prediction_returns_the_velocity_of_its_clean_estimate():
     assert torch.isfinite(velocity_from_preconditioned(f, xt, torch.zeros(5), 0.4)).all()
 
     cfg = ModelConfig.from_preset("micro", num_classes=0, prediction="preconditioned", sigma_data=0.4)
-    model = UnifiedModel(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    doc = Document([Text(ids=[1, 2]), Image(np.zeros((8, 8, 3), np.uint8))])
-    batch = pack([encode_document(doc, cfg.patch_size, cfg.block_spec)], cfg.patch_dim)
-    nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        out = model(batch.tokens, nb.patches, batch.layout, t=nb.t)
-        _, head = model.adaln_tables(nb.t, None)
-        noisy = batch.layout.noisy
-        raw = model.final_layer(out.hidden[noisy], head[batch.layout.block[noisy]])
-    tok_t = nb.t[batch.layout.block[noisy]]
+    pred, raw, xt, tok_t = returned_and_raw_head(cfg)
     c_skip, c_out = preconditioning(tok_t, 0.4)
-    x_hat = c_skip[:, None] * nb.patches[noisy] + c_out[:, None] * raw
-    torch.testing.assert_close(out.pred, (nb.patches[noisy] - x_hat) / tok_t[:, None], rtol=1e-4, atol=1e-4)
+    x_hat = c_skip[:, None] * xt + c_out[:, None] * raw
+    torch.testing.assert_close(pred, (xt - x_hat) / tok_t[:, None], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="prediction"):
         ModelConfig.from_preset("micro", diffusion="ddpm_eps", prediction="preconditioned")
     with pytest.raises(ValueError, match="sigma_data"):

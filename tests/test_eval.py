@@ -16,6 +16,7 @@ from unimodal.data.digits import DigitsDataset
 from unimodal.data.shapes import ShapesDataset, parse_caption, render_scene
 from unimodal.eval import shapes as judging
 from unimodal.eval.tasks import TASK_NAMES, TASKS, run_tasks
+from unimodal.eval.tasks import base as B
 from unimodal.eval.tasks import digits as D
 from unimodal.eval.tasks import likelihood as L
 from unimodal.eval.tasks import probe as P
@@ -118,6 +119,7 @@ def test_scene_precision_recall_count_by_hand():
     assert m["precision"] == pytest.approx((1 + 1 / 3 + 1) / 3)
     assert m["recall"] == pytest.approx((1 + 1 / 2 + 1) / 3)
     assert m["count_accuracy"] == pytest.approx(2 / 3)
+    assert m["correct_ci95"] == B.wilson_interval([True, False, False])
     # by attribute: the green square has the right shape, size and cell but not the colour, so it
     # never counts; the third caption states a relation, no cells, so its objects count everywhere
     by = m["by_attribute"]
@@ -130,6 +132,20 @@ def test_scene_precision_recall_count_by_hand():
     by = judging.attribute_prf([drawn], [asked.meta["spec"]])
     assert by["color"] == by["color+shape"] == {"precision": 1.0, "recall": 1.0}
     assert by["color+size"] == by["color+cell"] == {"precision": 0.0, "recall": 0.0}
+
+
+@pytest.mark.parametrize("k, n", [(0, 5), (5, 5), (6, 64), (10, 64), (17, 256), (128, 256), (1, 1)])
+def test_wilson_interval_matches_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = B.wilson_interval([True] * k + [False] * (n - k))
+    assert low == pytest.approx(ref.low, abs=1e-4) and high == pytest.approx(ref.high, abs=1e-4)
+    assert low <= k / n <= high
+
+
+def test_wilson_interval_of_no_samples_is_everything():
+    assert B.wilson_interval([]) == [0.0, 1.0]
 
 
 def test_single_shape_attributes_by_hand():

@@ -215,3 +215,16 @@ def one_blas_thread():
 
 def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else 0.0
+
+
+def wilson_interval(hits: Sequence[bool], z: float = 1.96) -> list[float]:
+    """The Wilson score interval [low, high] of a success rate (95% at z = 1.96): how far a rate
+    measured on these samples may sit from the model's true rate. At 64 samples a rate of 0.1 spans
+    about 0.05-0.20, so runs are compared at 256 (docs/evaluation.md)."""
+    n = len(hits)
+    if n == 0:
+        return [0.0, 1.0]
+    p = float(np.mean(hits))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]

@@ -20,7 +20,7 @@ import torch
 from ...data.shapes import ShapesDataset, caption_correct, parse_caption, scene_matches
 from ...documents import Document, Image, Text
 from ..shapes import attribute_prf, caption_metrics, judge, judge_video, t2i_metrics, video_correct
-from .base import GREEDY, Skip, chunks, mean, need_rgb, need_text, shapes_options, task
+from .base import GREEDY, Skip, chunks, mean, need_rgb, need_text, shapes_options, task, wilson_interval
 
 DATASET_SEED = 0
 ATTRIBUTES = ("color", "shape", "size", "position")  # position: the object's cell
@@ -88,6 +88,7 @@ def score_t2i(images: Sequence, docs: Sequence[Document]) -> dict[str, Any]:
         hits["one_object"].append(one)
     return {
         "all_correct": mean(hits["all"]),
+        "all_correct_ci95": wilson_interval(hits["all"]),
         "attributes": {a: mean(hits[a]) for a in ATTRIBUTES},
         "one_object": mean(hits["one_object"]),
         "n": len(docs),
@@ -106,9 +107,11 @@ def score_caption(captions: Sequence[str], docs: Sequence[Document]) -> dict[str
         got = {**got, "position": got.get("cell")}
         for a in ATTRIBUTES:
             hits[a].append(one and got.get(a) == want[a])
-    m = caption_metrics(captions, [d.meta["scene"] for d in docs])
+    scenes = [d.meta["scene"] for d in docs]
+    m = caption_metrics(captions, scenes)
     return {
         "exact": m["exact"],
+        "exact_ci95": wilson_interval([caption_correct(c, sc) for c, sc in zip(captions, scenes, strict=True)]),
         "attributes": {a: mean(hits[a]) for a in ATTRIBUTES},
         "parsed": m["parsed"],
         "n": len(docs),
@@ -158,6 +161,7 @@ def score_scenes_t2i(images: Sequence, docs: Sequence[Document]) -> dict[str, An
     ok = [satisfies(j, s) for j, s in zip(judged, specs, strict=True)]
     return {
         "correct": m["correct"],
+        "correct_ci95": wilson_interval(ok),
         "precision": m["precision"],
         "recall": m["recall"],
         "count_accuracy": m["count_accuracy"],
@@ -172,10 +176,16 @@ def score_scenes_caption(captions: Sequence[str], docs: Sequence[Document]) -> d
     scenes = [d.meta["scene"] for d in docs]
     m = caption_metrics(captions, scenes)
     ok = [caption_correct(c, s) for c, s in zip(captions, scenes, strict=True)]
-    return {"exact": m["exact"], "parsed": m["parsed"], "exact_by_objects": _by_count(ok, docs), "n": len(docs)}
+    return {
+        "exact": m["exact"],
+        "exact_ci95": wilson_interval(ok),
+        "parsed": m["parsed"],
+        "exact_by_objects": _by_count(ok, docs),
+        "n": len(docs),
+    }
 
 
-@task("shapes-scenes-t2i", samples=64, description="scenes of 1-3 objects: caption -> image -> judged set of objects")
+@task("shapes-scenes-t2i", samples=256, description="scenes of 1-3 objects: caption -> image -> judged set of objects")
 def shapes_scenes_t2i(pipe, samples, seed, num_steps, guidance, sampler):
     need_text(pipe, "shapes-scenes-t2i")
     need_rgb(pipe, "shapes-scenes-t2i", min_size=30)
@@ -186,7 +196,7 @@ def shapes_scenes_t2i(pipe, samples, seed, num_steps, guidance, sampler):
 
 @task(
     "shapes-scenes-caption",
-    samples=64,
+    samples=256,
     description="scenes of 1-3 objects: image -> caption -> exact set match",
     generation=GREEDY,
 )
@@ -289,6 +299,7 @@ def score_story(drawn: Sequence[Sequence], docs: Sequence[Document]) -> dict[str
         whole.append(all(oks))
     return {
         "final_accuracy": mean(final),
+        "final_accuracy_ci95": wilson_interval(final),
         "edit_accuracy": mean(per_edit),
         "story_accuracy": mean(whole),
         "edit_accuracy_by_step": {k: mean(v) for k, v in sorted(by_step.items())},
@@ -327,6 +338,7 @@ def score_video(clips: Sequence, docs: Sequence[Document]) -> dict[str, Any]:
                 hits[a].append(j.get(a) == meta["object"][a])
     return {
         "accuracy": mean(hits["correct"]),
+        "accuracy_ci95": wilson_interval(hits["correct"]),
         "direction_accuracy": mean(hits["direction"]),
         "attributes": {a: mean(hits[a]) for a in ("color", "shape", "size")},
         "consistent": mean(hits["consistent"]),

@@ -287,3 +287,26 @@ def test_cli_end_to_end(tok, tmp_path, capsys):
 
     assert main(["eval", str(model), "--sampler", "ddpm", "--task", "shapes-t2i"]) == 2  # an ε-sampler, flow model
     assert main(["eval", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_sampler_options_are_used_and_recorded(tok, tmp_path, capsys):
+    model = tmp_path / "model"
+    random_pipe(tok, model, image_size=16, patch_size=4, block_size=2)
+    common = ["eval", str(model), "--task", "shapes-t2i", "--samples", "2", "--steps", "3"]
+    assert main([*common, "--sampler-option", "shift=3", "--out", str(tmp_path / "a.json")]) == 0
+    assert "sampler euler shift=3, 3 steps" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "a.json").read_text())["tasks"]["shapes-t2i"]["record"]
+    assert rec["sampler_options"] == {"shift": 3}
+    assert main([*common, "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["tasks"]["shapes-t2i"]["record"]["sampler_options"] == {}
+    # the option reaches the sampler: the shifted schedule draws different images from the same seeds
+    pipe = Pipeline.from_pretrained(model, num_steps=3)
+    plain = pipe.text_to_image(["a small red circle at the top left"], seed=[0])[0]
+    pipe.sampler_options = {"shift": 3}
+    shifted = pipe.text_to_image(["a small red circle at the top left"], seed=[0])[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(shifted))
+
+    assert main([*common, "--sampler-option", "nosuch=1"]) == 2
+    assert "unknown option(s) ['nosuch']" in capsys.readouterr().err
+    assert main([*common, "--sampler-option", "shift"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err

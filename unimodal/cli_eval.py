@@ -1,7 +1,8 @@
 """`unimodal eval`: run evaluation tasks on a trained model, print a table, write the JSON.
 
     unimodal eval MODEL [--task NAME ...] [--out FILE.json] [--samples N] [--steps S]
-                        [--guidance G] [--sampler NAME] [--seed K] [--allow-pickle]
+                        [--guidance G] [--sampler NAME] [--sampler-option KEY=VALUE ...]
+                        [--seed K] [--allow-pickle]
 
 MODEL is an exported model folder or a training run directory. Without --task every task runs;
 those the model cannot take are listed as skipped with the reason. The JSON (default
@@ -66,7 +67,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{name if i == 0 else '':<{width}}{k:<{mw}}{v}")
         r = res["record"]
         if r.get("generation") == SAMPLED:
-            how = f"sampler {r['sampler']}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}"
+            opts = "".join(f" {k}={v}" for k, v in r.get("sampler_options", {}).items())
+            how = f"sampler {r['sampler']}{opts}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}"
         else:
             how = f"seed {r['seed']}, {r.get('generation', '').split(' (')[0]}"
         lines.append(f"{'':<{width}}({r['samples']} samples, {how}; {res['seconds']} s)")
@@ -87,6 +89,19 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings into a dict, each value read as YAML (3 -> int, true -> bool)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--sampler-option {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     from . import __version__
     from .eval.tasks import run_tasks
@@ -94,8 +109,10 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
 
     pipe = load_pipeline(args.model, args.allow_pickle)
     pipe.name_or_path = args.model
+    pipe.sampler_options = parse_options(args.sampler_option)
     try:
-        make_sampler(args.sampler or pipe.sampler, args.steps or pipe.num_steps, pipe.cfg.diffusion)
+        smp, steps = args.sampler or pipe.sampler, args.steps or pipe.num_steps
+        make_sampler(smp, steps, pipe.cfg.diffusion, **pipe.sampler_options)
     except ValueError as e:
         raise CommandError(str(e)) from None
     names = list(dict.fromkeys(args.task or TASK_NAMES))
@@ -121,6 +138,7 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         "steps": args.steps,
         "guidance": args.guidance,
         "sampler": args.sampler,
+        "sampler_options": pipe.sampler_options,
     }
     report["unimodal_version"] = __version__
     out = Path(args.out) if args.out else Path(args.model) / "eval.json"
@@ -168,6 +186,13 @@ def add_commands(sub) -> None:
         choices=sorted(SAMPLERS),
         metavar="NAME",
         help=f"one of {', '.join(sorted(SAMPLERS))} (default the model's: dpmpp_2m for ddpm_eps, euler for flow)",
+    )
+    sp.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler option, e.g. shift=3 for euler/heun (repeatable; values read as YAML)",
     )
     sp.add_argument(
         "--seed", type=_nonneg, default=0, metavar="K", help="sampling seed: row i of a task uses K+i (default 0)"

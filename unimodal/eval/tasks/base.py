@@ -106,6 +106,7 @@ def base_record(pipe, name: str, samples: int, seed: int, num_steps, guidance, s
         "task": name,
         "model": None if path is None else str(path),
         "sampler": smp,
+        "sampler_options": dict(getattr(pipe, "sampler_options", None) or {}),
         "steps": steps,
         "guidance": g,
         "seed": int(seed),

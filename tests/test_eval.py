@@ -289,7 +289,7 @@ def test_cli_end_to_end(tok, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
 
 
-def test_cli_sampler_options_are_used_and_recorded(tok, tmp_path, capsys):
+def test_cli_sampler_options_and_candidates_are_used_and_recorded(tok, tmp_path, capsys):
     model = tmp_path / "model"
     random_pipe(tok, model, image_size=16, patch_size=4, block_size=2)
     common = ["eval", str(model), "--task", "shapes-t2i", "--samples", "2", "--steps", "3"]
@@ -305,6 +305,11 @@ def test_cli_sampler_options_are_used_and_recorded(tok, tmp_path, capsys):
     pipe.sampler_options = {"shift": 3}
     shifted = pipe.text_to_image(["a small red circle at the top left"], seed=[0])[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(shifted))
+
+    assert main([*common, "--candidates", "2", "--out", str(tmp_path / "c.json")]) == 0
+    assert "best of 2 by caption likelihood" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "c.json").read_text())["tasks"]["shapes-t2i"]["record"]
+    assert rec["candidates"] == 2 and rec["sampler_options"] == {}
 
     assert main([*common, "--sampler-option", "nosuch=1"]) == 2
     assert "unknown option(s) ['nosuch']" in capsys.readouterr().err

@@ -249,3 +249,49 @@ def test_video_model_outputs_pil_frames_and_a_sample_grid(tok, tmp_path):
     strip = image_grid(clips[1], len(clips[1]))
     assert strip.size == (4 * 8, 8)
     np.testing.assert_array_equal(np.asarray(strip)[:, 8:16], np.asarray(clips[1][1]))
+
+
+def test_caption_logprob_is_the_likelihood_of_the_text_after_the_image(tok):
+    """Against each pair alone, with the tokens after `<eoi>` picked by hand: batching, packing
+    several documents per call and the choice of targets change nothing."""
+    from unimodal.documents import Image
+
+    pipe = Pipeline(random_model(tok, block_size=2), tok)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    texts = ["a small red circle", "two large blue squares at the top left", "a green triangle"]
+    got = pipe.caption_logprob(images, texts, batch_size=2)  # a batch of two documents, then one
+    assert got.dtype == torch.float64 and got.shape == (3,)
+    for im, text, g in zip(images, texts, got, strict=True):
+        enc = pipe.collator.encode(Document([Image(im), Text(text)]), close=True)
+        b = pack([enc], pipe.cfg.patch_dim, with_noisy=False)
+        with torch.no_grad():
+            logp = pipe.model(b.tokens, b.patches, b.layout).text_logits.double().log_softmax(-1)
+        ids = b.tokens[(b.layout.modality == TEXT) & ~b.layout.noisy]
+        eoi = int((ids == tok.eoi_id).nonzero()[0, 0])
+        want = sum(float(logp[i, ids[i + 1]]) for i in range(eoi, len(ids) - 1))  # the text and <eos>
+        assert float(g) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="2 images for 3 texts"):
+        pipe.caption_logprob(images[:2], texts)
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(block_size=2), dict(frames=2, block_kind="frames", block_size=1)], ids=["image", "clip"]
+)
+def test_candidates_keep_the_image_whose_caption_is_likeliest(tok, kw):
+    pipe = Pipeline(random_model(tok, **kw), tok, num_steps=2)
+    best = pipe.text_to_image(PROMPTS, seed=[5, 9], guidance=2.0, candidates=3, output_type="np")
+    for prompt, s, b in zip(PROMPTS, [5, 9], best, strict=True):
+        seeds = [3 * s + j for j in range(3)]  # candidate j of seed s
+        drawn = [pipe.text_to_image([prompt], seed=[x], guidance=2.0)[0] for x in seeds]
+        drawn = [np.stack(x) if isinstance(x, list) else x for x in drawn]  # a clip's frames as one array
+        scores = pipe.caption_logprob(drawn, [prompt] * 3)
+        assert len(set(scores.tolist())) == 3  # the candidates differ, so the choice matters
+        want = pipe.text_to_image([prompt], seed=[seeds[int(scores.argmax())]], guidance=2.0, output_type="np")[0]
+        assert np.abs(b - want).max() < TOL
+    pipe.candidates = 3  # the pipeline's default
+    again = pipe.text_to_image(PROMPTS, seed=[5, 9], guidance=2.0, output_type="np")
+    assert all(np.abs(x - y).max() < TOL for x, y in zip(best, again, strict=True))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="candidates must be an integer >= 1"):
+            pipe.text_to_image(PROMPTS, candidates=bad)

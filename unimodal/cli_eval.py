@@ -2,7 +2,7 @@
 
     unimodal eval MODEL [--task NAME ...] [--out FILE.json] [--samples N] [--steps S]
                         [--guidance G] [--sampler NAME] [--sampler-option KEY=VALUE ...]
-                        [--seed K] [--allow-pickle]
+                        [--candidates N] [--seed K] [--allow-pickle]
 
 MODEL is an exported model folder or a training run directory. Without --task every task runs;
 those the model cannot take are listed as skipped with the reason. The JSON (default
@@ -69,6 +69,8 @@ def format_table(report: dict[str, Any]) -> str:
         if r.get("generation") == SAMPLED:
             opts = "".join(f" {k}={v}" for k, v in r.get("sampler_options", {}).items())
             how = f"sampler {r['sampler']}{opts}, {r['steps']} steps, guidance {r['guidance']}, seed {r['seed']}"
+            if r.get("candidates", 1) > 1:
+                how += f", best of {r['candidates']} by caption likelihood"
         else:
             how = f"seed {r['seed']}, {r.get('generation', '').split(' (')[0]}"
         lines.append(f"{'':<{width}}({r['samples']} samples, {how}; {res['seconds']} s)")
@@ -110,6 +112,7 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     pipe = load_pipeline(args.model, args.allow_pickle)
     pipe.name_or_path = args.model
     pipe.sampler_options = parse_options(args.sampler_option)
+    pipe.candidates = args.candidates
     try:
         smp, steps = args.sampler or pipe.sampler, args.steps or pipe.num_steps
         make_sampler(smp, steps, pipe.cfg.diffusion, **pipe.sampler_options)
@@ -139,6 +142,7 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         "guidance": args.guidance,
         "sampler": args.sampler,
         "sampler_options": pipe.sampler_options,
+        "candidates": args.candidates,
     }
     report["unimodal_version"] = __version__
     out = Path(args.out) if args.out else Path(args.model) / "eval.json"
@@ -193,6 +197,14 @@ def add_commands(sub) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a sampler option, e.g. shift=3 for euler/heun (repeatable; values read as YAML)",
+    )
+    sp.add_argument(
+        "--candidates",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="text->image: draw N images per prompt and keep the one the model captions likeliest as the prompt "
+        "(default 1: no reranking)",
     )
     sp.add_argument(
         "--seed", type=_nonneg, default=0, metavar="K", help="sampling seed: row i of a task uses K+i (default 0)"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image as PILImage
 
 from .codec import Codec, load_codec
@@ -28,7 +29,7 @@ from .documents import Document, Image, Text
 from .generation import Engine
 from .guidance import ConstantGuidance, GuidanceConfig, GuidanceSchedule
 from .hub import load_pretrained
-from .layout import VisualSegment
+from .layout import IGNORE, TEXT, VISUAL, VisualSegment, pack
 from .model import UnifiedModel
 from .patches import from_blocks
 from .samplers import DEFAULT_SAMPLER, make_sampler
@@ -41,11 +42,16 @@ def _to_pil(x: torch.Tensor) -> PILImage.Image | list[PILImage.Image]:
     return frames[0] if x.shape[0] == 1 else frames
 
 
-def _generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
-    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Row i's seed: seed + i for an int, else the i-th of the given seeds."""
+    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} rows")
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return seeds
+
+
+def _generators(seed: int | Sequence[int], n: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in _seeds(seed, n)]
 
 
 def _guidance(guidance: float | GuidanceSchedule | GuidanceConfig | None) -> GuidanceSchedule | None:
@@ -73,6 +79,7 @@ class Pipeline:
         guidance: float | GuidanceSchedule | GuidanceConfig | None = None,
         sampler_options: dict | None = None,
         codec: Codec | None = None,
+        candidates: int = 1,
     ) -> None:
         self.model = model.eval()
         self.codec = codec  # a latent model's autoencoder: generated latents are decoded to pixels
@@ -81,6 +88,7 @@ class Pipeline:
         self.num_steps = num_steps
         self.guidance = guidance
         self.sampler_options = sampler_options or {}
+        self.candidates = candidates  # images drawn per prompt in text_to_image; the likeliest caption's kept
         self.collator = Collator(tokenizer, model.cfg, name="input") if tokenizer is not None else None
 
     @classmethod
@@ -139,9 +147,17 @@ class Pipeline:
         sampler,
         output_type,
     ) -> list:
-        n = len(prefixes)
-        if not n:
+        if not prefixes:
             return []
+        blocks = self._blocks_from_prefix(prefixes, uncond, labels, mode, num_steps, guidance, seed, use_cache, sampler)
+        return self._images(blocks, output_type)
+
+    @torch.no_grad()
+    def _blocks_from_prefix(
+        self, prefixes, uncond, labels, mode, num_steps, guidance, seed, use_cache, sampler
+    ) -> torch.Tensor:
+        """One image's blocks (n, N, B, D) after each prefix (and its unconditional twin)."""
+        n = len(prefixes)
         schedule = _guidance(self.guidance if guidance is None else guidance)
         mode = mode if schedule is not None else None
         rows = 2 * n if mode == "text" else n
@@ -153,10 +169,9 @@ class Pipeline:
         if mode == "text":
             eng.text(eng.uncond_rows(docs), uncond)
         eng.begin_image(docs + (eng.uncond_rows(docs) if mode == "text" else []), self.cfg.grid)
-        blocks = eng.generate_image(
+        return eng.generate_image(
             docs, self._sampler(sampler, num_steps), _generators(seed, n), schedule, mode, labels, commit_last=False
         )
-        return self._images(blocks, output_type)
 
     # ------------------------------------------------------------------------------ public API
 
@@ -169,15 +184,71 @@ class Pipeline:
         use_cache: bool = True,
         sampler: str | None = None,
         output_type: str = "pil",
+        candidates: int | None = None,
     ) -> list:
         """One image per prompt: `<bos> prompt <boi>` then blockwise diffusion; guidance against
-        the null prompt `<bos> <null> <boi>` (its own cache rows)."""
+        the null prompt `<bos> <null> <boi>` (its own cache rows).
+
+        `candidates` N > 1 (default the pipeline's, 1) draws N images per prompt, candidate j of the
+        prompt with seed s from seed N·s + j, and returns the one whose caption is likeliest to be
+        the prompt (`caption_logprob`): the model reranks its own drawings with what it reads, as
+        DALL-E reranked with CLIP. It costs N times the sampling and one forward per candidate."""
         tok = self._need_tokenizer("text_to_image")
-        prefixes = [[tok.bos_id, *tok.encode(p), tok.boi_id] for p in prompts]
-        uncond = [[tok.bos_id, tok.null_id, tok.boi_id] for _ in prompts]
-        return self._image_from_prefix(
-            prefixes, uncond, None, "text", num_steps, guidance, seed, use_cache, sampler, output_type
+        n, k = len(prompts), self.candidates if candidates is None else candidates
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {k!r}")
+        if k == 1 or not n:
+            prefixes = [[tok.bos_id, *tok.encode(p), tok.boi_id] for p in prompts]
+            uncond = [[tok.bos_id, tok.null_id, tok.boi_id] for _ in prompts]
+            return self._image_from_prefix(
+                prefixes, uncond, None, "text", num_steps, guidance, seed, use_cache, sampler, output_type
+            )
+        seeds = [s * k + j for s in _seeds(seed, n) for j in range(k)]
+        drawn = [p for p in prompts for _ in range(k)]
+        prefixes = [[tok.bos_id, *tok.encode(p), tok.boi_id] for p in drawn]
+        uncond = [[tok.bos_id, tok.null_id, tok.boi_id] for _ in drawn]
+        blocks = self._blocks_from_prefix(
+            prefixes, uncond, None, "text", num_steps, guidance, seeds, use_cache, sampler
         )
+        # scored as the user gets them (uint8); a clip's PIL frames stacked into one (T, H, W, C) array
+        pictures = [np.stack(x) if isinstance(x, list) else x for x in self._images(blocks, "pil")]
+        scores = self.caption_logprob(pictures, drawn).view(n, k)
+        best = torch.arange(n) * k + scores.argmax(1)
+        return self._images(blocks[best], output_type)
+
+    @torch.no_grad()
+    def caption_logprob(self, images: Sequence, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """log p(text | image) for each pair (float64, (n,)): the summed log-probabilities of the
+        text's tokens and `<eos>` after `<bos> <boi> image <eoi>`, as the model reads when it
+        captions (one full forward, no cache). Higher means the model would rather say this text of
+        this image: for ranking images of one prompt (`text_to_image(candidates=N)`) or texts of one
+        image."""
+        self._need_tokenizer("caption_logprob")
+        if len(images) != len(texts):
+            raise ValueError(f"caption_logprob: {len(images)} images for {len(texts)} texts")
+        model, cfg = self.model, self.cfg
+        dev = next(model.parameters()).device
+        out = torch.zeros(len(texts), dtype=torch.float64)
+        for start in range(0, len(texts), batch_size):
+            stop = min(start + batch_size, len(texts))
+            enc = [
+                self.collator.encode(Document([im if isinstance(im, Image) else Image(im), Text(texts[i])]), close=True)
+                for i, im in zip(range(start, stop), images[start:stop], strict=True)
+            ]
+            batch = pack(enc, cfg.patch_dim, with_noisy=False)
+            lay = batch.layout
+            res = model(batch.tokens.to(dev), batch.patches.to(dev), lay.to(dev))
+            text = (lay.modality == TEXT) & ~lay.noisy
+            # only what follows the image: `<bos>`'s prediction of `<boi>` is the same for every image
+            first_visual = torch.full((stop - start,), torch.iinfo(torch.long).max)
+            vis = lay.modality == VISUAL
+            first_visual.scatter_reduce_(0, lay.doc[vis], lay.unit[vis], "amin")
+            keep = (batch.text_targets[text] != IGNORE) & (lay.unit[text] > first_visual[lay.doc[text].clamp_min(0)])
+            logp = -F.cross_entropy(
+                res.text_logits.float(), batch.text_targets[text].to(dev).clamp_min(0), reduction="none"
+            ).cpu()
+            out.index_add_(0, lay.doc[text][keep] + start, logp[keep].double())
+        return out
 
     def class_to_image(
         self,

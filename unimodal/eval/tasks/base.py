@@ -107,6 +107,7 @@ def base_record(pipe, name: str, samples: int, seed: int, num_steps, guidance, s
         "model": None if path is None else str(path),
         "sampler": smp,
         "sampler_options": dict(getattr(pipe, "sampler_options", None) or {}),
+        "candidates": int(getattr(pipe, "candidates", 1)),  # text->image draws per prompt, reranked
         "steps": steps,
         "guidance": g,
         "seed": int(seed),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from .codec import Codec, load_codec
+from .codec import Codec, encode_document, load_codec
 from .data.collate import Collator, to_uint8
 from .decoding import TextSampling, next_tokens
 from .documents import Document, Image, Text
@@ -220,9 +220,9 @@ class Pipeline:
     def caption_logprob(self, images: Sequence, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """log p(text | image) for each pair (float64, (n,)): the summed log-probabilities of the
         text's tokens and `<eos>` after `<bos> <boi> image <eoi>`, as the model reads when it
-        captions (one full forward, no cache). Higher means the model would rather say this text of
-        this image: for ranking images of one prompt (`text_to_image(candidates=N)`) or texts of one
-        image."""
+        captions (one full forward, no cache; a latent model's codec encodes pixel images). Higher
+        means the model would rather say this text of this image: for ranking images of one prompt
+        (`text_to_image(candidates=N)`) or texts of one image."""
         self._need_tokenizer("caption_logprob")
         if len(images) != len(texts):
             raise ValueError(f"caption_logprob: {len(images)} images for {len(texts)} texts")
@@ -231,10 +231,11 @@ class Pipeline:
         out = torch.zeros(len(texts), dtype=torch.float64)
         for start in range(0, len(texts), batch_size):
             stop = min(start + batch_size, len(texts))
-            enc = [
-                self.collator.encode(Document([im if isinstance(im, Image) else Image(im), Text(texts[i])]), close=True)
+            docs = [
+                Document([im if isinstance(im, Image) else Image(im), Text(texts[i])])
                 for i, im in zip(range(start, stop), images[start:stop], strict=True)
-            ]
+            ]  # pixel images of a latent model go through its codec, as generated ones came out of it
+            enc = [self.collator.encode(encode_document(self.codec, d), close=True) for d in docs]
             batch = pack(enc, cfg.patch_dim, with_noisy=False)
             lay = batch.layout
             res = model(batch.tokens.to(dev), batch.patches.to(dev), lay.to(dev))

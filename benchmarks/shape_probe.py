@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from unimodal.configtools import apply_overrides  # noqa: E402
 from unimodal.data.shapes.parsing import parse_caption  # noqa: E402
 from unimodal.data.shapes.render import render_scene  # noqa: E402
 from unimodal.data.shapes.world import BACKGROUND, COLORS, SHAPES, SIZES  # noqa: E402
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
+    options = apply_overrides({}, args.option)
     pipe = Pipeline.from_pretrained(args.model, sampler_options=options)
     asked = [
         {"color": c, "shape": s, "size": z, "position": cell}

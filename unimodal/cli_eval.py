@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_generate import CommandError, _nonneg, _positive, load_pipeline
+from .configtools import apply_overrides
 from .eval.tasks import TASK_NAMES, TASKS
 from .eval.tasks.base import SAMPLED
 from .samplers import SAMPLERS
@@ -91,19 +92,6 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE strings into a dict, each value read as YAML (3 -> int, true -> bool)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--sampler-option {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     from . import __version__
     from .eval.tasks import run_tasks
@@ -111,7 +99,10 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
 
     pipe = load_pipeline(args.model, args.allow_pickle)
     pipe.name_or_path = args.model
-    pipe.sampler_options = parse_options(args.sampler_option)
+    try:  # KEY=VALUE, values read as YAML
+        pipe.sampler_options = apply_overrides({}, args.sampler_option)
+    except ValueError as e:
+        raise CommandError(f"--sampler-option: {e}") from None
     pipe.candidates = args.candidates
     try:
         smp, steps = args.sampler or pipe.sampler, args.steps or pipe.num_steps

@@ -226,30 +226,40 @@ class Pipeline:
         self._need_tokenizer("caption_logprob")
         if len(images) != len(texts):
             raise ValueError(f"caption_logprob: {len(images)} images for {len(texts)} texts")
-        model, cfg = self.model, self.cfg
-        dev = next(model.parameters()).device
         out = torch.zeros(len(texts), dtype=torch.float64)
         for start in range(0, len(texts), batch_size):
             stop = min(start + batch_size, len(texts))
             docs = [
                 Document([im if isinstance(im, Image) else Image(im), Text(texts[i])])
                 for i, im in zip(range(start, stop), images[start:stop], strict=True)
-            ]  # pixel images of a latent model go through its codec, as generated ones came out of it
-            enc = [self.collator.encode(encode_document(self.codec, d), close=True) for d in docs]
-            batch = pack(enc, cfg.patch_dim, with_noisy=False)
-            lay = batch.layout
-            res = model(batch.tokens.to(dev), batch.patches.to(dev), lay.to(dev))
-            text = (lay.modality == TEXT) & ~lay.noisy
+            ]
+            logp, doc, after_visual = self.text_logprobs(docs)
             # only what follows the image: `<bos>`'s prediction of `<boi>` is the same for every image
-            first_visual = torch.full((stop - start,), torch.iinfo(torch.long).max)
-            vis = lay.modality == VISUAL
-            first_visual.scatter_reduce_(0, lay.doc[vis], lay.unit[vis], "amin")
-            keep = (batch.text_targets[text] != IGNORE) & (lay.unit[text] > first_visual[lay.doc[text].clamp_min(0)])
-            logp = -F.cross_entropy(
-                res.text_logits.float(), batch.text_targets[text].to(dev).clamp_min(0), reduction="none"
-            ).cpu()
-            out.index_add_(0, lay.doc[text][keep] + start, logp[keep].double())
+            out.index_add_(0, doc[after_visual] + start, logp[after_visual])
         return out
+
+    @torch.no_grad()
+    def text_logprobs(self, documents: Sequence[Document]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One full forward of `documents` (closed with `<eos>`, clean copies only; a latent model's
+        codec encodes pixel images) and, for every text token it predicts: the log-probability
+        (float64), the index of its document, and whether a visual segment of that document comes
+        before it. The model's likelihood of text, as training scores it."""
+        self._need_tokenizer("text_logprobs")
+        model = self.model
+        dev = next(model.parameters()).device
+        enc = [self.collator.encode(encode_document(self.codec, d), close=True) for d in documents]
+        batch = pack(enc, self.cfg.patch_dim, with_noisy=False)
+        lay = batch.layout
+        logits = model(batch.tokens.to(dev), batch.patches.to(dev), lay.to(dev)).text_logits
+        text = (lay.modality == TEXT) & ~lay.noisy
+        targets = batch.text_targets[text]
+        keep = targets != IGNORE
+        logp = -F.cross_entropy(logits[keep.to(dev)].float(), targets[keep].to(dev), reduction="none")
+        first_visual = torch.full((len(documents),), torch.iinfo(torch.long).max)
+        vis = lay.modality == VISUAL
+        first_visual.scatter_reduce_(0, lay.doc[vis], lay.unit[vis], "amin")
+        doc, unit = lay.doc[text][keep], lay.unit[text][keep]
+        return logp.double().cpu(), doc, unit > first_visual[doc]
 
     def class_to_image(
         self,

@@ -11,10 +11,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...documents import Document, Text
-from ...layout import IGNORE, TEXT, pack
 from .base import NONE, Skip, chunks, is_digits_model, need_text, recipe, shapes_options, task
 
 
@@ -43,21 +41,13 @@ def heldout_captions(pipe, n: int) -> tuple[list[str], dict[str, Any]]:
     return captions, {"data": name, "split": "test", "dataset_seed": 0}
 
 
-@torch.no_grad()
 def caption_nll(pipe, captions: list[str]) -> tuple[float, int]:
     """(summed next-token NLL, number of predicted tokens) of `<bos> caption <eos>` for every
     caption, through the full forward (no cache): every token after `<bos>` is predicted."""
-    model, cfg = pipe.model, pipe.cfg
-    dev = next(model.parameters()).device
     total, count = 0.0, 0
     for r in chunks(len(captions), 64):
-        enc = [pipe.collator.encode(Document([Text(captions[i])]), close=True) for i in r]
-        batch = pack(enc, cfg.patch_dim, with_noisy=False)
-        lay = batch.layout
-        out = model(batch.tokens.to(dev), batch.patches.to(dev), lay.to(dev))
-        targets = batch.text_targets[(lay.modality == TEXT) & ~lay.noisy].to(dev)
-        total += F.cross_entropy(out.text_logits.float(), targets, ignore_index=IGNORE, reduction="sum").item()
-        count += int((targets != IGNORE).sum())
+        logp, _, _ = pipe.text_logprobs([Document([Text(captions[i])]) for i in r])
+        total, count = total - float(logp.sum()), count + logp.numel()
     return total, count
 
 

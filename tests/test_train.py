@@ -598,6 +598,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("train.precision=fp16", ["train.precision", "fp16"]),
         ("sample.per_prompt=-1", ["sample.per_prompt"]),
         ("loss.context_noise=2", ["loss.context_noise"]),
+        ("loss.edge_weight=-1", ["loss.edge_weight"]),
         ("model.sigma_data=-0.5", ["sigma_data"]),
     ],
 )
@@ -609,6 +610,13 @@ def test_config_errors_name_the_key(tmp_path, capsys, override, names):
     for name in names:
         assert name in err, err
     assert not out.exists()  # rejected before anything was written
+
+
+def test_edge_weight_is_refused_for_latents(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", "imagenet256-acdit-b", "--out", str(out), "loss.edge_weight=1"]) == 2
+    err = capsys.readouterr().err
+    assert "config.loss.edge_weight" in err and "latents" in err and not out.exists()
 
 
 def test_recipe_names_are_not_shadowed_by_folders(tmp_path, monkeypatch):

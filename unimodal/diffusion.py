@@ -141,6 +141,26 @@ def target_counts(batch: Batch) -> tuple[int, int]:
     return text, int(batch.layout.noisy.sum()) * batch.patches.shape[-1]
 
 
+def edge_contrast(x0: torch.Tensor, channels: int, patch: int) -> torch.Tensor:
+    """How much each pixel of clean patches differs from its 4 neighbours in the patch, in [0, 1].
+
+    x0: (n, channels * patch * patch) in [-1, 1], feature order (c, p, q) as `patchify` makes
+    them. A pixel's contrast is its largest absolute difference, over channels and in-patch
+    neighbours, halved (the largest difference in [-1, 1] is 2); both sides of an edge get it.
+    Returned per feature (the pixel's value repeated over its channels), shaped like x0.
+    """
+    n = x0.shape[0]
+    x = x0.detach().float().reshape(n, channels, patch, patch)
+    dy = (x[:, :, 1:] - x[:, :, :-1]).abs().amax(1)  # (n, p-1, p): rows i and i+1
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().amax(1)  # (n, p, p-1): columns j and j+1
+    c = torch.zeros(n, patch, patch, device=x.device)
+    c[:, 1:] = torch.maximum(c[:, 1:], dy)
+    c[:, :-1] = torch.maximum(c[:, :-1], dy)
+    c[:, :, 1:] = torch.maximum(c[:, :, 1:], dx)
+    c[:, :, :-1] = torch.maximum(c[:, :, :-1], dx)
+    return (c / 2).clamp(max=1.0).unsqueeze(1).expand(n, channels, patch, patch).reshape(n, -1)
+
+
 def losses(
     model,
     batch: Batch,
@@ -152,6 +172,8 @@ def losses(
     denominators: tuple[float, float] | None = None,
     align_weight: float = 0.0,
     weighting: str = "none",
+    edge_weight: float = 0.0,
+    patch_shape: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """{'loss', 'text', 'image', 'align', 'text_count', 'image_count'}: the weighted total, each
     term's mean (float32) and how many targets each modality has (text tokens; noisy values).
@@ -168,6 +190,12 @@ def losses(
     `weighting` "sample" (flow only) weighs each noisy token's squared velocity error by its t²:
     the error of its clean estimate x̂0 = x_t - t·v̂. The velocity error of a block at low noise is
     its x̂0 error divided by t, so without it a few low-noise blocks can outweigh the rest.
+
+    `edge_weight` λ > 0 weighs each value's squared error by 1 + λ·c, c the `edge_contrast` of
+    its pixel in the clean patch (`patch_shape` = (channels, patch size) says how to read a
+    patch): the pixels where one colour meets another, which decide a shape and are few, count
+    more than flat background and object interiors. Meant for pixel-space models; the mean is
+    still taken over the unweighted count.
     """
     nb = noise_batch(batch, diffusion, generator)
     lay = batch.layout
@@ -180,6 +208,10 @@ def losses(
         err = (out.pred.float() - nb.target.float()) ** 2
         if weighting == "sample":
             err = err * nb.t[lay.block[lay.noisy]].float().square().unsqueeze(-1)
+        if edge_weight:
+            if patch_shape is None:
+                raise ValueError("edge_weight needs patch_shape (channels, patch size) to find the pixels")
+            err = err * (1 + edge_weight * edge_contrast(batch.patches[lay.noisy], *patch_shape))
         image_sum = err.sum()
         image_count = nb.target.numel()
     text_sum, text_count = zero, 0

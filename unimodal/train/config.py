@@ -81,6 +81,9 @@ class LossConfig:
     # flow: the clean copies of diffusion blocks noised to a time drawn from [0, context_noise] per
     # block, so that later blocks learn to continue imperfect context (their own samples at inference)
     context_noise: float = 0.0
+    # pixel models: each value's error weighed by 1 + edge_weight x the contrast of its pixel with
+    # its neighbours in the clean patch, so the few pixels where a shape's outline runs count more
+    edge_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
@@ -93,6 +96,8 @@ class LossConfig:
             raise ValueError(f"loss.context_noise must be in [0, 1], got {self.context_noise}")
         if self.weighting not in ("none", "sample"):
             raise ValueError(f"loss.weighting must be 'none' or 'sample', got {self.weighting!r}")
+        if self.edge_weight < 0:
+            raise ValueError(f"loss.edge_weight must be >= 0, got {self.edge_weight}")
 
     def time_mean_at(self, step: int, max_steps: int) -> float:
         """The logit-normal mean of the training times at `step` of a `max_steps` run."""
@@ -246,6 +251,8 @@ def check_references(cfg: TrainConfig) -> None:
         raise type(e)(f"config.model: {e.args[0] if e.args else e}") from e
     if cfg.loss.align_weight and not mc.align_layer:
         raise ValueError("config.loss.align_weight: self-alignment needs model.align_layer (a layer, 1..depth)")
+    if cfg.loss.edge_weight and (cfg.data.source or {}).get("format") == "latents":
+        raise ValueError("config.loss.edge_weight: edges are found in pixels; this run trains on latents")
     path = resolve_path(cfg.deepspeed)
     try:
         ds = json.loads(path.read_text())

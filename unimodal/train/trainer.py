@@ -229,6 +229,8 @@ class Trainer:
                 denominators=denominators,
                 align_weight=self.cfg.loss.align_weight,
                 weighting=self.cfg.loss.weighting,
+                edge_weight=self.cfg.loss.edge_weight,
+                patch_shape=(self.model_cfg.channels, self.model_cfg.patch_size),
             )
         loss = out["loss"]
         if index in self.cfg.train.inject_nonfinite:

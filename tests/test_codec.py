@@ -299,3 +299,31 @@ def test_pipeline_decodes_latents_to_pixels(codec, tmp_path):
     save_codec(d, codec)
     images = Pipeline.from_pretrained(d).class_to_image([0, 1], num_steps=2)
     assert [im.size for im in images] == [(16, 16)] * 2 and images[0].mode == "RGB"
+
+
+def test_pipeline_reads_given_pixels_through_the_codec(codec, tok):
+    """A latent model reads given pixel images (captions, documents, embeddings, clips to
+    continue) as their latents: the same result as handing it `codec.encode(pixels)` yourself;
+    continued clips come back decoded to pixels, the given frames as the codec reconstructs them."""
+    from unimodal.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    mc = ModelConfig.from_preset("micro", channels=4, image_size=8, patch_size=2, vocab_size=tok.vocab_size)
+    pipe = Pipeline(UnifiedModel(mc), tok, num_steps=2, codec=codec)
+    px = pixels(2, seed=3)
+    lat = [Image(codec.encode(p), latent=True) for p in px]
+    pil = [im.permute(1, 2, 0).numpy() for im in px]
+    assert pipe.caption(pil, max_new_tokens=5) == pipe.caption(lat, max_new_tokens=5)
+    torch.testing.assert_close(pipe.embed(pil), pipe.embed(lat))
+    doc = pipe.generate(Document([Text("a red"), Image(pil[0])]), max_new_tokens=4, max_images=0)
+    want = pipe.generate(Document([Text("a red"), lat[0]]), max_new_tokens=4, max_images=0)
+    assert doc.segments[2].text == want.segments[2].text and doc.segments[1].data is pil[0]
+
+    video = {"frames": 3, "block_kind": "frames", "block_size": 1}
+    vc = ModelConfig.from_preset("micro", channels=4, image_size=8, patch_size=2, vocab_size=tok.vocab_size, **video)
+    vpipe = Pipeline(UnifiedModel(vc), tok, num_steps=2, codec=codec)
+    clip = pixels(1, seed=4).unsqueeze(0)  # one frame of (1, 3, 16, 16) -> (1, 1, 16, 16, 3) channels last
+    out = vpipe.continue_video([clip[0].permute(0, 2, 3, 1).numpy()], num_frames=3, output_type="np")
+    assert out[0].shape == (3, 16, 16, 3)
+    first = codec.decode(codec.encode(clip[0]))[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(out[0][0], first, atol=1e-5)

@@ -120,11 +120,11 @@ class Pipeline:
         t, h, w = self.cfg.grid
         return prompt_tokens + images * (t * h * w + 2) + new_tokens + 4
 
-    def _images(self, blocks: torch.Tensor, output_type: str = "pil") -> list:
-        """Generated blocks (n, N, B, D) as PIL images (uint8; a clip is a list of PIL frames), or
-        with output_type "np" as float32 arrays (H, W, C) or (T, H, W, C) in the model's value
-        range, unrounded."""
-        images = from_blocks(blocks, self.cfg.grid, self.cfg.patch_size, self.cfg.block_spec)
+    def _images(self, blocks: torch.Tensor, output_type: str = "pil", grid: tuple[int, int, int] | None = None) -> list:
+        """Generated blocks (n, N, B, D) on the patch `grid` (default: the model's) as PIL images
+        (uint8; a clip is a list of PIL frames), or with output_type "np" as float32 arrays (H, W, C)
+        or (T, H, W, C) in the model's value range, unrounded. A latent model's codec decodes them."""
+        images = from_blocks(blocks, grid or self.cfg.grid, self.cfg.patch_size, self.cfg.block_spec)
         if self.codec is not None:
             images = self.codec.decode(images)
         if output_type == "np":
@@ -132,6 +132,11 @@ class Pipeline:
         if output_type != "pil":
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
         return [_to_pil(x) for x in images]
+
+    def _given(self, image) -> Image:
+        """A given image or clip as the model reads it: a latent model's codec encodes pixels."""
+        im = image if isinstance(image, Image) else Image(image)
+        return encode_document(self.codec, Document([im])).segments[0]
 
     @torch.no_grad()
     def _image_from_prefix(
@@ -304,11 +309,12 @@ class Pipeline:
         The given frames (whole blocks) are prefilled through the cache after `<bos> prompt <boi>`;
         the remaining blocks are generated in order. `window` keeps only that many earlier blocks
         in the context (the prompt stays), bounding the cache for long videos. Returns the whole
-        clips: lists of PIL frames, or float arrays (T, H, W, C) with output_type "np"."""
+        clips: lists of PIL frames, or float arrays (T, H, W, C) with output_type "np". A latent
+        model's codec encodes the given frames and decodes the whole clip."""
         from .patches import to_blocks
 
         n = len(clips)
-        x = [Image(c).to_tensor() for c in clips]
+        x = [self._given(c).to_tensor() for c in clips]  # latents, for a latent model
         t0, _, h, w = x[0].shape
         if any(c.shape != x[0].shape for c in x):
             raise ValueError("continue_video: every clip must have the same shape")
@@ -347,10 +353,7 @@ class Pipeline:
             first=blocks.shape[1],
             window=window,
         )
-        videos = from_blocks(torch.cat([blocks.to(new.dtype), new], dim=1), grid, p, spec)
-        if output_type == "np":
-            return [v.permute(0, 2, 3, 1).numpy() for v in videos]
-        return [_to_pil(v) for v in videos]
+        return self._images(torch.cat([blocks.to(new.dtype), new], dim=1), output_type, grid)
 
     @torch.no_grad()
     def caption(
@@ -386,7 +389,8 @@ class Pipeline:
         max_images: int = 4,
         logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
     ) -> Document | list[Document]:
-        """Continue documents: given text and images are prefilled through the cache; then text
+        """Continue documents: given text and images (pixels, which a latent model's codec
+        encodes, or latents) are prefilled through the cache; then text
         is decoded until `<eos>` or `max_new_tokens`; a `<boi>` starts an image of the model's
         shape (generated block by block, `<eoi>` appended), after which text resumes and sees the
         clean image. After `max_images` generated images `<boi>` is no longer sampled.
@@ -399,7 +403,7 @@ class Pipeline:
         sampling = sampling or TextSampling()
         schedule = _guidance(self.guidance if guidance is None else guidance)
         mode = "text" if schedule is not None else None
-        encoded = [self.collator.encode(d, close=False) for d in docs]
+        encoded = [self.collator.encode(encode_document(self.codec, d), close=False) for d in docs]
         prompt_len = max(self.collator.doc_length(e) for e in encoded)
         eng = Engine(self.model, 2 * n if mode else n, self._max_len(prompt_len, max_images, max_new_tokens), use_cache)
         rows = list(range(n))
@@ -484,19 +488,19 @@ class Pipeline:
     @torch.no_grad()
     def embed(self, items: Sequence, layer: int | None = None) -> torch.Tensor:
         """(n, dim): mean of the clean-stream hidden states after block `layer` (default: the
-        last) over each item's image tokens, or over all its tokens for a text-only document."""
+        last) over each item's image tokens, or over all its tokens for a text-only document.
+        A latent model's codec encodes pixel images first."""
         docs = [d if isinstance(d, Document) else Document([d if isinstance(d, Image) else Image(d)]) for d in items]
         depth = self.cfg.depth if layer is None else layer
         if not 1 <= depth <= self.cfg.depth:
             raise ValueError(f"layer must be in 1..{self.cfg.depth}, got {layer}")
-        from .layout import VISUAL, pack
+        from .layout import encode_document as tokenize
 
+        docs = [encode_document(self.codec, d) for d in docs]
         if self.collator is not None:
             enc = [self.collator.encode(d, close=False) for d in docs]
         else:
-            from .layout import encode_document
-
-            enc = [encode_document(d, self.cfg.patch_size, self.cfg.block_spec) for d in docs]
+            enc = [tokenize(d, self.cfg.patch_size, self.cfg.block_spec) for d in docs]
         batch = pack(enc, self.cfg.patch_dim, with_noisy=False)
         lay = batch.layout
         dev = self.model.x_embedder.weight.device

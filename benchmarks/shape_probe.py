@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    options = apply_overrides({}, args.option)
+    options = apply_overrides({}, args.option, form="key=value")
     pipe = Pipeline.from_pretrained(args.model, sampler_options=options)
     asked = [
         {"color": c, "shape": s, "size": z, "position": cell}

@@ -314,4 +314,4 @@ def test_cli_sampler_options_and_candidates_are_used_and_recorded(tok, tmp_path,
     assert main([*common, "--sampler-option", "nosuch=1"]) == 2
     assert "unknown option(s) ['nosuch']" in capsys.readouterr().err
     assert main([*common, "--sampler-option", "shift"]) == 2
-    assert "must look like section.key=value" in capsys.readouterr().err
+    assert "'shift' must look like key=value" in capsys.readouterr().err

@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     pipe = load_pipeline(args.model, args.allow_pickle)
     pipe.name_or_path = args.model
     try:  # KEY=VALUE, values read as YAML
-        pipe.sampler_options = apply_overrides({}, args.sampler_option)
+        pipe.sampler_options = apply_overrides({}, args.sampler_option, form="key=value")
     except ValueError as e:
         raise CommandError(f"--sampler-option: {e}") from None
     pipe.candidates = args.candidates

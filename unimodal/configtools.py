@@ -77,13 +77,14 @@ def build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
         raise type(e)(f"{where}: {e}") from e
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`a.b.c=value` strings applied to a nested dict (values parsed as YAML: 3, 1e-4, true, [1, 2])."""
+def apply_overrides(data: dict[str, Any], overrides: list[str], form: str = "section.key=value") -> dict[str, Any]:
+    """`a.b.c=value` strings applied to a nested dict (values parsed as YAML: 3, 1e-4, true, [1, 2]).
+    `form` is how a malformed one is told to look."""
     result = _deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ValueError(f"override {item!r} must look like {form}")
         node = result
         parts = key.split(".")
         for p in parts[:-1]:

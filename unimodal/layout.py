@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import torch
 
 from .documents import Document, Image, Text
@@ -158,16 +159,21 @@ class Batch:
         )
 
 
-_FIELDS = ("unit", "stream", "modality", "pos", "block", "origin", "token", "patch")
+_FIELDS = ("unit", "stream", "modality", "block", "origin", "token")  # (n,) each, besides pos (n, 3)
 
 
-def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int) -> tuple[dict[str, torch.Tensor], int]:
-    """One document's per-token fields (no padding), positions M-RoPE style, built a segment at a
-    time; and its count of block-table entries. Each block of a noisy segment gets `copies` noisy
+def _doc_tokens(
+    doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int
+) -> tuple[dict[str, np.ndarray], list[torch.Tensor], int]:
+    """One document's per-token fields (no padding) as int64 numpy arrays, positions M-RoPE style,
+    built a segment at a time; the patch features of its visual tokens in order (torch, (n, D)
+    each); and its count of block-table entries. Each block of a noisy segment gets `copies` noisy
     copies; copy c >= 2 of the document's block j uses block entry (c - 1) * n + j, n being the
-    document's block count."""
+    document's block count. Numpy, not torch: a document is a few dozen tokens, where the
+    per-call cost of small torch operations would dominate the data path."""
     n_blocks = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in _FIELDS}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*_FIELDS, "pos")}
+    patches: list[torch.Tensor] = []
     blocks = unit = index = 0  # block entries, units and the running RoPE index so far
     for seg in doc.segments:
         if isinstance(seg, VisualSegment):
@@ -175,37 +181,34 @@ def _doc_tokens(doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int) 
             if d != patch_dim:
                 raise ValueError(f"patch features have size {d}, expected {patch_dim}")
             streams = copies + 1 if with_noisy and seg.noisy else 1
-            shape = (n, streams, b)
-            j, c = torch.arange(n)[:, None, None], torch.arange(streams)[None, :, None]
-            parts["unit"].append((unit + j).expand(shape))
-            parts["stream"].append(c.expand(shape))
-            parts["modality"].append(torch.full(shape, VISUAL))
-            parts["pos"].append((seg.pos.long() + index)[:, None].expand(n, streams, b, 3))
-            parts["block"].append((blocks + j + (c - 1).clamp(min=0) * n_blocks).expand(shape))
-            parts["origin"].append(torch.full(shape, index))
-            parts["token"].append(torch.zeros(shape, dtype=torch.long))
-            parts["patch"].append(seg.tokens.float()[:, None].expand(n, streams, b, d))
+            shape, count = (n, streams, b), n * streams * b
+            j, c = np.arange(n)[:, None, None], np.arange(streams)[None, :, None]
+            parts["unit"].append(np.broadcast_to(unit + j, shape).ravel())
+            parts["stream"].append(np.broadcast_to(c, shape).ravel())
+            parts["modality"].append(np.full(count, VISUAL))
+            pos = seg.pos.numpy().astype(np.int64) + index
+            parts["pos"].append(np.broadcast_to(pos[:, None], (n, streams, b, 3)).reshape(-1, 3))
+            parts["block"].append(np.broadcast_to(blocks + j + np.maximum(c - 1, 0) * n_blocks, shape).ravel())
+            parts["origin"].append(np.full(count, index))
+            parts["token"].append(np.zeros(count, np.int64))
+            patches.append(seg.tokens.float()[:, None].expand(n, streams, b, d).reshape(-1, d))
             blocks, unit, index = blocks + n, unit + n, index + max(seg.grid)
         elif seg:
             m = len(seg)
-            steps = torch.arange(m)
+            steps = np.arange(m)
             parts["unit"].append(unit + steps)
-            parts["stream"].append(torch.zeros(m, dtype=torch.long))
-            parts["modality"].append(torch.full((m,), TEXT))
-            parts["pos"].append((index + steps)[:, None].expand(m, 3))
-            parts["block"].append(torch.full((m,), -1))
-            parts["origin"].append(torch.zeros(m, dtype=torch.long))
-            parts["token"].append(torch.tensor(seg, dtype=torch.long))
-            parts["patch"].append(torch.zeros(m, patch_dim))
+            parts["stream"].append(np.zeros(m, np.int64))
+            parts["modality"].append(np.full(m, TEXT))
+            parts["pos"].append(np.repeat((index + steps)[:, None], 3, axis=1))
+            parts["block"].append(np.full(m, -1))
+            parts["origin"].append(np.zeros(m, np.int64))
+            parts["token"].append(np.asarray(seg, dtype=np.int64))
             unit, index = unit + m, index + m
-    width = {"pos": (3,), "patch": (patch_dim,)}
     cols = {
-        k: torch.cat([x.reshape(-1, *width.get(k, ())) for x in v])
-        if v
-        else torch.zeros((0, *width.get(k, ())), dtype=torch.float32 if k == "patch" else torch.long)
+        k: np.concatenate(v).astype(np.int64, copy=False) if v else np.zeros((0, 3) if k == "pos" else 0, np.int64)
         for k, v in parts.items()
     }
-    return cols, n_blocks * (copies if with_noisy and copies > 1 else 1)
+    return cols, patches, n_blocks * (copies if with_noisy and copies > 1 else 1)
 
 
 def pack(
@@ -228,13 +231,14 @@ def pack(
     """
     if noisy_copies < 1:
         raise ValueError(f"noisy_copies must be at least 1, got {noisy_copies}")
-    flat, entries = [], []
+    flat, visual, entries = [], [], []
     for i, d in enumerate(docs):
         try:
-            cols, n = _doc_tokens(d, with_noisy, noisy_copies, patch_dim)
+            cols, patches, n = _doc_tokens(d, with_noisy, noisy_copies, patch_dim)
         except ValueError as e:
             raise ValueError(f"document {i}: {e}") from e
         flat.append(cols)
+        visual.append(patches)
         entries.append(n)
     lengths = [len(f["unit"]) for f in flat]
     if row_len is None:
@@ -259,37 +263,32 @@ def pack(
         row_len = pad_to
     L = -(-row_len // pad_multiple) * pad_multiple
     R = len(rows)
-    doc_t = torch.full((R, L), -1, dtype=torch.long)
-    unit_t = torch.zeros((R, L), dtype=torch.long)
-    stream_t = torch.zeros((R, L), dtype=torch.long)
-    mod_t = torch.full((R, L), PAD, dtype=torch.long)
-    pos_t = torch.zeros((R, L, 3), dtype=torch.long)
-    block_t = torch.full((R, L), -1, dtype=torch.long)
-    origin_t = torch.zeros((R, L), dtype=torch.long)
-    tok_t = torch.zeros((R, L), dtype=torch.long)
+    out = {k: np.full((R, L), fill, np.int64) for k, fill in (("doc", -1), ("modality", PAD), ("block", -1))}
+    out.update({k: np.zeros((R, L), np.int64) for k in ("unit", "stream", "origin", "token")})
+    pos_t = np.zeros((R, L, 3), np.int64)
+    tgt_t = np.full((R, L), IGNORE, np.int64)
     patch_t = torch.zeros((R, L, patch_dim))
-    tgt_t = torch.full((R, L), IGNORE, dtype=torch.long)
     block_label, block_doc, images = [], [], []
     for r, members in enumerate(rows):
         n_row = sum(lengths[d] for d in members)
         if not n_row:
             continue
-        sl = slice(0, n_row)
-        ids = torch.tensor(members)
-        sizes = torch.tensor([lengths[d] for d in members])
-        starts = [len(block_label)]
-        for d in members[:-1]:
-            starts.append(starts[-1] + entries[d])
-        row = {k: torch.cat([flat[d][k] for d in members]) for k in _FIELDS}
-        doc_t[r, sl] = ids.repeat_interleave(sizes)
-        for k, dst in zip(_FIELDS, (unit_t, stream_t, mod_t, pos_t, block_t, origin_t, tok_t, patch_t), strict=True):
-            dst[r, sl] = row[k]
-        blk = row["block"]
-        block_t[r, sl] = torch.where(blk >= 0, blk + torch.tensor(starts).repeat_interleave(sizes), blk)
+        sizes = [lengths[d] for d in members]
+        starts = np.cumsum([len(block_label)] + [entries[d] for d in members[:-1]])
+        for k in _FIELDS:
+            out[k][r, :n_row] = np.concatenate([flat[d][k] for d in members])
+        pos_t[r, :n_row] = np.concatenate([flat[d]["pos"] for d in members])
+        out["doc"][r, :n_row] = np.repeat(members, sizes)
+        blk = out["block"][r, :n_row]  # a view: per-document block entries -> the batch's table
+        own = blk >= 0
+        blk[own] += np.repeat(starts, sizes)[own]
+        vis = [p for d in members for p in visual[d]]
+        if vis:
+            patch_t[r, torch.from_numpy(out["modality"][r] == VISUAL)] = torch.cat(vis)
         # next-token targets: a clean text token predicts the next unit of its document when that unit is text
-        is_text, same_doc = row["modality"] == TEXT, doc_t[r, 1:n_row] == doc_t[r, : n_row - 1]
-        nxt = is_text[:-1] & is_text[1:] & same_doc
-        tgt_t[r, : n_row - 1] = torch.where(nxt, row["token"][1:], IGNORE)
+        is_text, doc = out["modality"][r, :n_row] == TEXT, out["doc"][r, :n_row]
+        nxt = is_text[:-1] & is_text[1:] & (doc[1:] == doc[:-1])
+        tgt_t[r, : n_row - 1] = np.where(nxt, out["token"][r, 1:n_row], IGNORE)
         for d in members:
             first_block = len(block_label)
             label = docs[d].label
@@ -299,6 +298,11 @@ def pack(
                 if isinstance(seg, VisualSegment):
                     images.append((d, first_block, seg.grid))
                     first_block += seg.tokens.shape[0]
+    t = {k: torch.from_numpy(v) for k, v in out.items()}
+    doc_t, unit_t, stream_t, mod_t, block_t, origin_t, tok_t = (
+        t[k] for k in ("doc", "unit", "stream", "modality", "block", "origin", "token")
+    )
+    pos_t, tgt_t = torch.from_numpy(pos_t), torch.from_numpy(tgt_t)
     layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t, origin_t)
     return Batch(
         layout,

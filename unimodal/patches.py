@@ -16,6 +16,7 @@ one block per image, i.e. full-sequence diffusion (DiT).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import torch
@@ -75,7 +76,13 @@ def unpatchify(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def block_order(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
-    """Raster indices of the patch grid listed in block order (block after block)."""
+    """Raster indices of the patch grid listed in block order (block after block). Cached per grid
+    and spec (every image of a dataset shares one): treat the result as read-only."""
+    return _block_order(tuple(int(g) for g in grid), spec)
+
+
+@cache
+def _block_order(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
     t, h, w = grid
     spec.block_len(grid)  # validates divisibility
     idx = torch.arange(t * h * w).reshape(t, h, w)
@@ -86,7 +93,13 @@ def block_order(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
 
 
 def grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
-    """(t, h, w) coordinates of every patch in raster order: (T*H*W, 3)."""
+    """(t, h, w) coordinates of every patch in raster order: (T*H*W, 3). Cached per grid: treat
+    the result as read-only."""
+    return _grid_positions(tuple(int(g) for g in grid))
+
+
+@cache
+def _grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
     t, h, w = grid
     return torch.stack(
         torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), dim=-1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -75,11 +74,6 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     return a
 
 
-@cache
-def _template(shape: str, h: int, w: int) -> np.ndarray:
-    return object_mask(shape, h, w)
-
-
 def _components(labels: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """8-connected regions of equal non-zero label: (label, ys, xs) each."""
     h, w = labels.shape
@@ -120,7 +114,7 @@ def judge(image: Any) -> dict[str, Any]:
     geo = geometry(h)
     dist = ((img[:, :, None, :].astype(np.float32) - _CLASS_COLORS) ** 2).sum(-1)
     labels = dist.argmin(-1)
-    min_area = max(3, int(0.5 * _template("triangle", geo.small, geo.small).sum()))
+    min_area = max(3, int(0.5 * object_mask("triangle", geo.small, geo.small).sum()))
     objects, dropped = [], 0
     for lab, ys, xs in _components(labels):
         if len(ys) < min_area:
@@ -130,7 +124,7 @@ def judge(image: Any) -> dict[str, Any]:
         bh, bw = y1 - y0, x1 - x0
         mask = np.zeros((bh, bw), bool)
         mask[ys - y0, xs - x0] = True
-        ious = [(mask & _template(s, bh, bw)).sum() / (mask | _template(s, bh, bw)).sum() for s in SHAPES]
+        ious = [(mask & object_mask(s, bh, bw)).sum() / (mask | object_mask(s, bh, bw)).sum() for s in SHAPES]
         row = min(2, (y0 + y1) * 3 // (2 * h))
         col = min(2, (x0 + x1) * 3 // (2 * w))
         objects.append(

@@ -92,8 +92,13 @@ def _parse_position(toks: list[str], i: int, preps: Sequence[str] = ("at", "in",
     return None if cell is None else (cell, k)
 
 
+_REL_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+for _pattern, _rel in _REL_PATTERNS:  # the patterns that may start at a word, longest first as listed
+    _REL_BY_FIRST.setdefault(_pattern[0], []).append((_pattern, _rel))
+
+
 def _parse_relation(toks: list[str], i: int):
-    for pattern, rel in _REL_PATTERNS:
+    for pattern, rel in _REL_BY_FIRST.get(toks[i], ()) if i < len(toks) else ():
         if _match(toks, i, pattern):
             return rel, i + len(pattern)
     return None

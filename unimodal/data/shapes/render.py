@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
@@ -14,8 +15,19 @@ def object_mask(shape: str, h: int, w: int | None = None) -> np.ndarray:
 
     Circles are discs through pixel centres; triangles point up, widening from 1-2 pixels at the
     apex to the full base, so fill ratios (square 1, circle ~0.8, triangle ~0.5) stay distinct.
+    Cached per (shape, h, w), so the array is read-only.
     """
-    w = h if w is None else w
+    return _object_mask(shape, int(h), int(h if w is None else w))
+
+
+@cache
+def _object_mask(shape: str, h: int, w: int) -> np.ndarray:
+    mask = _draw_mask(shape, h, w)
+    mask.flags.writeable = False
+    return mask
+
+
+def _draw_mask(shape: str, h: int, w: int) -> np.ndarray:
     if shape == "square":
         return np.ones((h, w), bool)
     yy = (np.arange(h) + 0.5 - h / 2)[:, None] / (h / 2)

@@ -15,6 +15,7 @@ losses and the KV cache all read these fields; nothing re-derives structure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 
 import numpy as np
 import torch
@@ -162,6 +163,25 @@ class Batch:
 _FIELDS = ("unit", "stream", "modality", "block", "origin", "token")  # (n,) each, besides pos (n, 3)
 
 
+@cache
+def _visual_fields(n: int, streams: int, b: int, n_blocks: int) -> dict[str, np.ndarray]:
+    """The offset-free fields of a visual segment of n blocks of b tokens in `streams` copies
+    (clean, then noisy), in token order: unit and block entry relative to the segment's first,
+    stream, modality, and zeros. Shared by every segment of that shape: read-only."""
+    j, c = np.arange(n)[:, None, None], np.arange(streams)[None, :, None]
+    shape = (n, streams, b)
+    out = {
+        "unit": np.broadcast_to(j, shape).ravel(),
+        "stream": np.broadcast_to(c, shape).ravel(),
+        "block": np.broadcast_to(j + np.maximum(c - 1, 0) * n_blocks, shape).ravel(),
+        "modality": np.full(n * streams * b, VISUAL, np.int64),
+        "zeros": np.zeros(n * streams * b, np.int64),
+    }
+    for a in out.values():
+        a.flags.writeable = False
+    return out
+
+
 def _doc_tokens(
     doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int
 ) -> tuple[dict[str, np.ndarray], list[torch.Tensor], int]:
@@ -181,16 +201,14 @@ def _doc_tokens(
             if d != patch_dim:
                 raise ValueError(f"patch features have size {d}, expected {patch_dim}")
             streams = copies + 1 if with_noisy and seg.noisy else 1
-            shape, count = (n, streams, b), n * streams * b
-            j, c = np.arange(n)[:, None, None], np.arange(streams)[None, :, None]
-            parts["unit"].append(np.broadcast_to(unit + j, shape).ravel())
-            parts["stream"].append(np.broadcast_to(c, shape).ravel())
-            parts["modality"].append(np.full(count, VISUAL))
-            pos = seg.pos.numpy().astype(np.int64) + index
-            parts["pos"].append(np.broadcast_to(pos[:, None], (n, streams, b, 3)).reshape(-1, 3))
-            parts["block"].append(np.broadcast_to(blocks + j + np.maximum(c - 1, 0) * n_blocks, shape).ravel())
-            parts["origin"].append(np.full(count, index))
-            parts["token"].append(np.zeros(count, np.int64))
+            t = _visual_fields(n, streams, b, n_blocks)
+            parts["unit"].append(unit + t["unit"])
+            parts["stream"].append(t["stream"])
+            parts["modality"].append(t["modality"])
+            parts["pos"].append(np.repeat(seg.pos.numpy()[:, None], streams, axis=1).reshape(-1, 3) + index)
+            parts["block"].append(blocks + t["block"])
+            parts["origin"].append(t["zeros"] + index)
+            parts["token"].append(t["zeros"])
             patches.append(seg.tokens.float()[:, None].expand(n, streams, b, d).reshape(-1, d))
             blocks, unit, index = blocks + n, unit + n, index + max(seg.grid)
         elif seg:

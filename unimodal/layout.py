@@ -15,7 +15,7 @@ losses and the KV cache all read these fields; nothing re-derives structure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from functools import cache
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -163,7 +163,7 @@ class Batch:
 _FIELDS = ("unit", "stream", "modality", "block", "origin", "token")  # (n,) each, besides pos (n, 3)
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: datasets of many image sizes make many shapes
 def _visual_fields(n: int, streams: int, b: int, n_blocks: int) -> dict[str, np.ndarray]:
     """The offset-free fields of a visual segment of n blocks of b tokens in `streams` copies
     (clean, then noisy), in token order: unit and block entry relative to the segment's first,

@@ -16,7 +16,7 @@ one block per image, i.e. full-sequence diffusion (DiT).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -81,7 +81,7 @@ def block_order(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
     return _block_order(tuple(int(g) for g in grid), spec)
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: datasets of many image sizes make many grids
 def _block_order(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
     t, h, w = grid
     spec.block_len(grid)  # validates divisibility
@@ -98,7 +98,7 @@ def grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
     return _grid_positions(tuple(int(g) for g in grid))
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: datasets of many image sizes make many grids
 def _grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
     t, h, w = grid
     return torch.stack(

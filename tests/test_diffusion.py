@@ -290,6 +290,7 @@ def test_edge_contrast_marks_both_sides_of_an_outline():
         torch.testing.assert_close(got[c], want)
     assert got[0, 2, 3] == 0 and got[0, 5, 0] == 0  # interior, far background
     assert abs(got[0, 1, 2].item() - 0.85) < 1e-6 and got[0, 0, 2] == got[0, 1, 2]  # outline and ring
+    assert edge_contrast(torch.zeros(0, 3 * 36), 3, 6).shape == (0, 3 * 36)  # a rank with no noisy tokens
 
 
 def test_edge_weight_weighs_each_error_by_its_pixels_contrast():

@@ -158,7 +158,7 @@ def edge_contrast(x0: torch.Tensor, channels: int, patch: int) -> torch.Tensor:
     c[:, :-1] = torch.maximum(c[:, :-1], dy)
     c[:, :, 1:] = torch.maximum(c[:, :, 1:], dx)
     c[:, :, :-1] = torch.maximum(c[:, :, :-1], dx)
-    return (c / 2).clamp(max=1.0).unsqueeze(1).expand(n, channels, patch, patch).reshape(n, -1)
+    return (c / 2).clamp(max=1.0).unsqueeze(1).expand(n, channels, patch, patch).reshape(n, channels * patch * patch)
 
 
 def losses(

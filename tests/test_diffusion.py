@@ -248,17 +248,23 @@ def test_losses_per_modality(kind):
     assert model.tok_embedder.weight.grad.abs().sum() > 0
 
 
-def test_sample_weighting_is_the_clean_estimates_error():
-    """weighting "sample": the image loss is the mean squared error of x̂0 = x_t - t·v̂ (each
-    velocity error times its block's t²), recomputed here from the raw predictions; refused for
-    ε-models."""
+def perturbed_micro():
+    """A micro flow model with its zero-initialised heads perturbed (so predictions are not 0), its
+    config and a batch."""
     cfg = ModelConfig.from_preset("micro", num_classes=0)
     model = UnifiedModel(cfg)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    batch = make_batch(cfg)
+    return cfg, model, make_batch(cfg)
+
+
+def test_sample_weighting_is_the_clean_estimates_error():
+    """weighting "sample": the image loss is the mean squared error of x̂0 = x_t - t·v̂ (each
+    velocity error times its block's t²), recomputed here from the raw predictions; refused for
+    ε-models."""
+    cfg, model, batch = perturbed_micro()
     out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0), weighting="sample")
     with torch.no_grad():
         nb = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(0))
@@ -296,13 +302,7 @@ def test_edge_contrast_marks_both_sides_of_an_outline():
 def test_edge_weight_weighs_each_error_by_its_pixels_contrast():
     """edge_weight λ: the image loss is the mean of (1 + λ·contrast)·error², recomputed from the raw
     predictions; λ = 0 leaves the loss as it was, and a model without the patch shape is refused."""
-    cfg = ModelConfig.from_preset("micro", num_classes=0)
-    model = UnifiedModel(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    batch = make_batch(cfg)
+    cfg, model, batch = perturbed_micro()
     shape = (cfg.channels, cfg.patch_size)
     out = losses(model, batch, Diffusion("flow"), torch.Generator().manual_seed(0), edge_weight=3.0, patch_shape=shape)
     with torch.no_grad():

@@ -612,6 +612,19 @@ def test_config_errors_name_the_key(tmp_path, capsys, override, names):
     assert not out.exists()  # rejected before anything was written
 
 
+def test_trainer_applies_the_edge_weight(tmp_path):
+    """The same first step with and without `loss.edge_weight`: the same batch and text loss, a
+    larger image loss (every weight is >= 1 and the shapes' outlines get more)."""
+    first = {}
+    for lam in (0, 8):
+        out = tmp_path / f"edge{lam}"
+        args = ["train", "--out", str(out), *MICRO, "train.max_steps=1", "train.checkpoint_every=1", "eval.tasks=[]"]
+        assert main([*args, f"loss.edge_weight={lam}"]) == 0
+        first[lam] = read_rows(out / "metrics.jsonl")[0]
+    assert first[8]["text"] == first[0]["text"]
+    assert first[8]["image"] > first[0]["image"] * 1.05
+
+
 def test_edge_weight_is_refused_for_latents(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--config", "imagenet256-acdit-b", "--out", str(out), "loss.edge_weight=1"]) == 2

@@ -167,7 +167,8 @@ _FIELDS = ("unit", "stream", "modality", "block", "origin", "token")  # (n,) eac
 def _visual_fields(n: int, streams: int, b: int, n_blocks: int) -> dict[str, np.ndarray]:
     """The offset-free fields of a visual segment of n blocks of b tokens in `streams` copies
     (clean, then noisy), in token order: unit and block entry relative to the segment's first,
-    stream, modality, and zeros. Shared by every segment of that shape: read-only."""
+    stream, modality, and zeros. `n_blocks` (the document's block count) places copies >= 2 in the
+    block table. Shared by every segment of that shape: read-only."""
     j, c = np.arange(n)[:, None, None], np.arange(streams)[None, :, None]
     shape = (n, streams, b)
     out = {
@@ -201,7 +202,7 @@ def _doc_tokens(
             if d != patch_dim:
                 raise ValueError(f"patch features have size {d}, expected {patch_dim}")
             streams = copies + 1 if with_noisy and seg.noisy else 1
-            t = _visual_fields(n, streams, b, n_blocks)
+            t = _visual_fields(n, streams, b, n_blocks if streams > 2 else 0)  # only copies >= 2 read it
             parts["unit"].append(unit + t["unit"])
             parts["stream"].append(t["stream"])
             parts["modality"].append(t["modality"])

@@ -30,6 +30,7 @@ from .generation import Engine
 from .guidance import ConstantGuidance, GuidanceConfig, GuidanceSchedule
 from .hub import load_pretrained
 from .layout import IGNORE, TEXT, VISUAL, VisualSegment, pack
+from .layout import encode_document as to_units
 from .model import UnifiedModel
 from .patches import from_blocks
 from .samplers import DEFAULT_SAMPLER, make_sampler
@@ -494,13 +495,11 @@ class Pipeline:
         depth = self.cfg.depth if layer is None else layer
         if not 1 <= depth <= self.cfg.depth:
             raise ValueError(f"layer must be in 1..{self.cfg.depth}, got {layer}")
-        from .layout import encode_document as tokenize
-
         docs = [encode_document(self.codec, d) for d in docs]
         if self.collator is not None:
             enc = [self.collator.encode(d, close=False) for d in docs]
         else:
-            enc = [tokenize(d, self.cfg.patch_size, self.cfg.block_spec) for d in docs]
+            enc = [to_units(d, self.cfg.patch_size, self.cfg.block_spec) for d in docs]
         batch = pack(enc, self.cfg.patch_dim, with_noisy=False)
         lay = batch.layout
         dev = self.model.x_embedder.weight.device

@@ -92,9 +92,10 @@ def _parse_position(toks: list[str], i: int, preps: Sequence[str] = ("at", "in",
     return None if cell is None else (cell, k)
 
 
-_REL_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str]]] = {}
-for _pattern, _rel in _REL_PATTERNS:  # the patterns that may start at a word, longest first as listed
-    _REL_BY_FIRST.setdefault(_pattern[0], []).append((_pattern, _rel))
+# the patterns that may start at a word, in the order of _REL_PATTERNS (longest first)
+_REL_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str]]] = {
+    word: [(p, rel) for p, rel in _REL_PATTERNS if p[0] == word] for word in {p[0] for p, _ in _REL_PATTERNS}
+}
 
 
 def _parse_relation(toks: list[str], i: int):

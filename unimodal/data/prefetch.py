@@ -1,9 +1,11 @@
-"""Build batches ahead of the training step in a background thread.
+"""Build batches ahead of the training step in a background thread (`data.prefetch`, off by default).
 
-On a GPU the step waits on the device most of the time while the Python thread that builds the
-next batch (decoding, collation, packing) could run: on an H100 a 72-document batch took longer to
-build (64 ms) than the training step did (32-47 ms; docs/benchmarks.md, "GPU"). `Prefetcher`
-overlaps the two. The batches are the stream's own, in the same order (every document's random
+A thread overlaps building the next batch with the step only where building waits outside the
+interpreter lock (reading files, decoding images in C). The built-in data is built in Python, and
+the training loop of a small model is Python too (kernel launches), so the two take turns: measured
+on the main job, a thread made the step slower on the 2-core CPU (0.31 against 0.25 s) and on an
+H200 (63 against 43 ms; a forked process was slower still, 81 ms; docs/benchmarks.md, session 12).
+The batches are the stream's own, in the same order (every document's random
 choices are seeded by its position, not by timing), and `state_dict` describes the batches
 consumed, not the ones built ahead, so a resumed run continues exactly where the trainer was.
 """

@@ -124,9 +124,8 @@ class Trainer:
         self.model_cfg = build_model_config(cfg, self.tokenizer)
         model = UnifiedModel(self.model_cfg)
         self.stream = batch_stream(cfg.data, self.tokenizer, self.model_cfg, self.rank, self.world)
-        prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else (2 if self.device.type == "cuda" else 0)
-        if prefetch:  # build batches while the device computes (docs/training.md, "Prefetching")
-            self.stream = Prefetcher(self.stream, prefetch)
+        if cfg.data.prefetch:  # build batches in a thread (docs/training.md, "Building batches ahead")
+            self.stream = Prefetcher(self.stream, cfg.data.prefetch)
         opt_cfg = cfg.optim
         ds = deepspeed_config(cfg, self.world)
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
@@ -237,18 +236,17 @@ class Trainer:
             loss = loss * float("nan")
         tc, ic = out["text_count"].double(), out["image_count"].double()
         # one all-reduce: finite flags, the loss shares, and the sums behind the global means
-        g = torch.stack(
-            [
-                torch.isfinite(loss).double(),
-                loss.detach().double(),
-                out["text"].double() * tc,
-                tc,
-                out["image"].double() * ic,
-                ic,
-                torch.tensor((batch.layout.doc >= 0).sum().item()).double(),
-                out["align"].double() * ic,
-            ]
-        )
+        parts = [
+            torch.isfinite(loss),
+            loss.detach(),
+            out["text"].double() * tc,
+            tc,
+            out["image"].double() * ic,
+            ic,
+            (batch.layout.doc >= 0).sum(),
+            out["align"].double() * ic,
+        ]
+        g = torch.stack([p.to(loss.device, torch.float64) for p in parts])
         if self.world > 1:
             dist.all_reduce(g)
         if g[0].item() < self.world:

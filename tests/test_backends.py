@@ -257,10 +257,16 @@ def test_auto_is_flex_for_long_cpu_rows_without_gradients(length):
     assert resolve_backend("auto", length, torch.device("cpu"), needs_grad=True) == "dense"
 
 
-@pytest.mark.parametrize("length", [1, 128, 4096])
-def test_auto_is_flex_on_cuda(length):
-    # only the device type is consulted: no GPU needed
+@pytest.mark.parametrize("length", [4096, 8192])
+def test_auto_is_flex_for_long_cuda_rows(length):
+    # only the device type is consulted: no GPU needed; gradients or not
     assert resolve_backend("auto", length, torch.device("cuda", 0)) == "flex"
+    assert resolve_backend("auto", length, torch.device("cuda", 0), needs_grad=True) == "flex"
+
+
+@pytest.mark.parametrize("length", [1, 96, 4095])
+def test_auto_is_dense_for_short_cuda_rows(length):
+    assert resolve_backend("auto", length, torch.device("cuda", 0), needs_grad=True) == "dense"
 
 
 @pytest.mark.parametrize("name", ["dense", "flex"])

@@ -2,12 +2,15 @@
 # The CUDA checks and benchmarks of issue 7 in one run, for a GPU machine lent for a few minutes.
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        (default OUT_DIR: $OUT, else benchmarks/results/gpu)
+#   GPU_STEPS="tests main_job" bash benchmarks/gpu.sh    (only the steps named; all of them take
+#                                                       ~15 minutes, more than one 10-minute call)
 #
 # Runs from the repository root without installing the project (PYTHONPATH), on a machine that has
 # torch and pytest; xformers is used when importable. The trainer needs DeepSpeed, which a lent
-# machine lacks: carry it as wheels (docs/benchmarks.md, GPU: `DS_BUILD_OPS=0 pip wheel deepspeed`
-# gives a pure-Python one; add hjson, pydantic, pydantic-core, annotated-types, typing-inspection). Every step has its own time limit so that
-# one slow step cannot eat the others, and writes its JSON into OUT_DIR as soon as it ends:
+# machine lacks: carry it as wheels (docs/benchmarks.md, session 12: `DS_BUILD_OPS=0 pip wheel
+# deepspeed` gives a pure-Python one; add hjson, pydantic, pydantic-core, annotated-types and
+# typing-inspection). Every step has its own time limit so that one slow step cannot eat the
+# others, and writes its JSON into OUT_DIR as soon as it ends:
 #   1. the CUDA tests: xformers and FlexAttention (forward and backward) against dense SDPA, a whole
 #      training step per backend, generation (cache, plans, samplers, captions) against the CPU,
 #      the trainer on CUDA;
@@ -25,6 +28,7 @@ py=${PYTHON:-python3}
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, say how it ended
     local name=$1 limit=$2 start=$SECONDS
     shift 2
+    if [ -n "${GPU_STEPS:-}" ] && [[ " $GPU_STEPS " != *" $name "* ]]; then return; fi
     echo "== $name: start $(date +%T)"
     timeout "$limit" "$@"
     echo "== $name: exit $? after $((SECONDS - start)) s"
@@ -48,4 +52,4 @@ step sampling 50 $py benchmarks/sampling.py --device cuda --block-sizes 2 --batc
     --out "$out/sampling.json"
 rm -rf /tmp/main_job
 step main_job 300 $py -m unimodal.cli train --out /tmp/main_job
-mkdir -p "$out/main_job" && cp /tmp/main_job/metrics.json /tmp/main_job/metrics.jsonl "$out/main_job/"
+[ -f /tmp/main_job/metrics.jsonl ] && mkdir -p "$out/main_job" && cp /tmp/main_job/metrics.json* "$out/main_job/"

@@ -227,6 +227,64 @@ def test_context_noise_touches_only_the_clean_copies_of_diffusion_blocks(keys):
         Diffusion("ddpm_eps", context_noise=0.1)
 
 
+def test_model_context_is_the_models_own_estimate_of_each_clean_copy():
+    """context "model": each clean copy of a diffusion block becomes x̂0 = x_s - s·v̂, the model's
+    estimate from its block's clean copy noised to s (the draws of context "noise"), read at the
+    block's noisy copy; found here through `clean_twins` and a forward of our own. Context-only
+    images, text, noisy copies, t and targets are those of a run without it."""
+    from unimodal.layout import VisualSegment, clean_twins
+
+    cfg = ModelConfig.from_preset("micro")
+    torch.manual_seed(0)
+    model = UnifiedModel(cfg).eval()
+    rng = np.random.default_rng(0)
+    enc = [
+        encode_document(
+            Document([Text(ids=[1, 2]), Image(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), Text(ids=[3])]),
+            cfg.patch_size,
+            cfg.block_spec,
+        )
+        for _ in range(3)
+    ]
+    enc[1].segments = [
+        VisualSegment(x.tokens, x.pos, x.grid, noisy=False) if isinstance(x, VisualSegment) else x
+        for x in enc[1].segments
+    ]
+    batch = pack(enc, cfg.patch_dim, row_len=200)
+    lay = batch.layout
+    plain = noise_batch(batch, Diffusion("flow"), torch.Generator().manual_seed(0))
+    noised = noise_batch(batch, Diffusion("flow", context_noise=0.3), torch.Generator().manual_seed(0))
+    seen = []
+
+    def reconstruct(patches, s):
+        seen.append(s)
+        v = model(batch.tokens, patches, lay, t=s, labels=batch.block_label).pred
+        return patches[lay.noisy] - s[lay.block[lay.noisy]][:, None] * v
+
+    model_context = Diffusion("flow", context_noise=0.3, context="model")
+    with torch.no_grad():
+        got = noise_batch(batch, model_context, torch.Generator().manual_seed(0), reconstruct)
+        rows, cols = clean_twins(lay, cfg.block_spec.block_len(cfg.grid))
+        inputs = batch.patches.clone()
+        inputs[lay.noisy] = noised.patches[rows, cols]
+        s = seen[0]
+        v = model(batch.tokens, inputs, lay, t=s, labels=batch.block_label).pred
+        want = plain.patches.clone()
+        want[rows, cols] = inputs[lay.noisy] - s[lay.block[lay.noisy]][:, None] * v
+    assert torch.equal(got.t, plain.t) and torch.equal(got.target, plain.target)
+    torch.testing.assert_close(got.patches, want)
+    touched = ~lay.noisy & (lay.block >= 0) & (lay.doc != 1)
+    assert torch.equal(got.patches[~touched], plain.patches[~touched])
+    assert (got.patches[touched] - batch.patches[touched]).abs().amax(-1).min() > 0
+    # the losses run it with the model itself: their image term is the error on those inputs
+    with torch.no_grad():
+        out = losses(model, batch, model_context, torch.Generator().manual_seed(0))
+        pred = model(batch.tokens, got.patches, lay, t=got.t, labels=batch.block_label).pred
+    torch.testing.assert_close(out["image"], ((pred - got.target) ** 2).mean())
+    with pytest.raises(ValueError, match="context"):
+        Diffusion("flow", context_noise=0.3, context="samples")
+
+
 @pytest.mark.parametrize("kind", ["flow", "ddpm_eps"])
 def test_losses_per_modality(kind):
     cfg = ModelConfig.from_preset("micro", diffusion=kind)

@@ -12,6 +12,7 @@ modality and reported separately, computed in float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class Diffusion:
         logit_std: float = 1.0,
         uniform_fraction: float = 0.0,
         context_noise: float = 0.0,
+        context: str = "noise",
     ) -> None:
         if kind not in ("ddpm_eps", "flow"):
             raise ValueError(f"diffusion must be 'ddpm_eps' or 'flow', got {kind!r}")
@@ -45,10 +47,13 @@ class Diffusion:
             raise ValueError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
         if not 0.0 <= context_noise <= 1.0 or context_noise and kind != "flow":
             raise ValueError(f"context_noise must be in [0, 1], and 0 unless the diffusion is flow: {context_noise}")
+        if context not in ("noise", "model"):
+            raise ValueError(f"context must be 'noise' or 'model', got {context!r}")
         self.kind = kind
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.uniform_fraction = uniform_fraction
         self.context_noise = context_noise
+        self.context = context
         self.alphas_cumprod = ddpm_alphas_cumprod()
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,14 +87,23 @@ class NoisedBatch:
     target: torch.Tensor
 
 
-def noise_batch(batch: Batch, diffusion: Diffusion, generator: torch.Generator | None = None) -> NoisedBatch:
+def noise_batch(
+    batch: Batch,
+    diffusion: Diffusion,
+    generator: torch.Generator | None = None,
+    reconstruct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> NoisedBatch:
     """Draw one t per visual block and fresh noise per noisy token: from `generator`, or, when the
     batch carries `doc_keys`, from one generator per document seeded by its key.
 
     With `diffusion.context_noise` > 0 the clean copies of the blocks that train diffusion are
     noised too, each block to its own time s drawn uniformly from [0, context_noise]: the blocks
     after them learn to continue context that is not exactly right, as the model's own samples are
-    at inference. Context-only images (captioning) and text stay clean."""
+    at inference. Context-only images (captioning) and text stay clean. With `reconstruct`
+    (`diffusion.context` "model", see `losses`) they become instead what the model makes of the
+    noised copies: `reconstruct(patches, s)` takes the batch's patches with every noisy copy
+    replaced by its block's clean copy noised to s, and returns the clean estimates x̂0 at the
+    noisy tokens (row-major)."""
     lay = batch.layout
     noisy = lay.noisy
     x0 = batch.patches[noisy]
@@ -130,7 +144,19 @@ def noise_batch(batch: Batch, diffusion: Diffusion, generator: torch.Generator |
     patches = batch.patches.clone()
     patches[noisy] = xt
     if ctx is not None:
-        patches[ctx] = diffusion.noise(patches[ctx], e.to(x0.device, x0.dtype), s.to(x0.device)[lay.block[ctx]])[0]
+        s = s.to(x0.device)
+        noised = diffusion.noise(patches[ctx], e.to(x0.device, x0.dtype), s[lay.block[ctx]])[0]
+        if reconstruct is None:
+            patches[ctx] = noised
+        else:
+            # a block's clean copy and its first noisy copy sit side by side, token for token, so in
+            # row-major order the k-th first-copy token is the k-th clean-copy token's twin
+            first = noisy & (lay.stream == 1)
+            if int(first.sum()) != n_ctx:
+                raise ValueError(f"{int(first.sum())} first noisy copies against {n_ctx} clean copies to reconstruct")
+            inputs = batch.patches.clone()
+            inputs[first] = noised
+            patches[ctx] = reconstruct(inputs, s)[first[noisy]].to(x0.dtype)
     return NoisedBatch(patches, t, target)
 
 
@@ -196,10 +222,24 @@ def losses(
     patch): the pixels where one colour meets another, which decide a shape and are few, count
     more than flat background and object interiors. Meant for pixel-space models; the mean is
     still taken over the unweighted count.
+
+    With `diffusion.context` "model" (and `context_noise` > 0) the clean copies of the diffusion
+    blocks are the model's own clean estimates of them from a time s <= context_noise, made in a
+    first forward without gradients: the later blocks learn to continue the soft, slightly wrong
+    blocks the model itself draws at inference (teacher forcing's exposure bias), at the cost of
+    that forward.
     """
-    nb = noise_batch(batch, diffusion, generator)
     lay = batch.layout
-    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=batch.block_label if labels is None else labels)
+    labels = batch.block_label if labels is None else labels
+
+    def reconstruct(patches: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            v = model(batch.tokens, patches, lay, t=s, labels=labels).pred
+        return patches[lay.noisy] - s[lay.block[lay.noisy]].unsqueeze(-1).to(v.dtype) * v
+
+    model_context = diffusion.context == "model" and diffusion.context_noise > 0
+    nb = noise_batch(batch, diffusion, generator, reconstruct if model_context else None)
+    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels)
     zero = torch.zeros((), device=nb.patches.device)
     image_sum, image_count = zero, 0
     if weighting not in ("none", "sample") or weighting == "sample" and diffusion.kind != "flow":

@@ -162,7 +162,7 @@ class Trainer:
         if loss.context_noise and self.model_cfg.diffusion != "flow":
             raise ValueError(f"loss.context_noise needs a flow model, got diffusion {self.model_cfg.diffusion!r}")
         self.diffusion = Diffusion(
-            self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform, loss.context_noise
+            self.model_cfg.diffusion, loss.time_mean, loss.time_std, loss.time_uniform, loss.context_noise, loss.context
         )
         if loss.weighting == "sample" and self.model_cfg.diffusion != "flow":
             raise ValueError(f"loss.weighting 'sample' needs a flow model, got diffusion {self.model_cfg.diffusion!r}")

@@ -599,6 +599,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("sample.per_prompt=-1", ["sample.per_prompt"]),
         ("loss.context_noise=2", ["loss.context_noise"]),
         ("loss.context=samples", ["loss.context", "samples"]),
+        ("loss.context_every=0", ["loss.context_every"]),
         ("loss.edge_weight=-1", ["loss.edge_weight"]),
         ("model.sigma_data=-0.5", ["sigma_data"]),
         ("data.prefetch=-1", ["data.prefetch"]),

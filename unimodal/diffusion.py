@@ -232,14 +232,17 @@ def losses(
     lay = batch.layout
     labels = batch.block_label if labels is None else labels
 
+    model_context = diffusion.context == "model" and diffusion.context_noise > 0
+    # both forwards read one layout: its mask and RoPE tables are built once
+    plan = getattr(model, "module", model).plan(lay) if model_context else None
+
     def reconstruct(patches: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            v = model(batch.tokens, patches, lay, t=s, labels=labels).pred
+            v = model(batch.tokens, patches, lay, t=s, labels=labels, plan=plan).pred
         return patches[lay.noisy] - s[lay.block[lay.noisy]].unsqueeze(-1).to(v.dtype) * v
 
-    model_context = diffusion.context == "model" and diffusion.context_noise > 0
     nb = noise_batch(batch, diffusion, generator, reconstruct if model_context else None)
-    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels)
+    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels, plan=plan)
     zero = torch.zeros((), device=nb.patches.device)
     image_sum, image_count = zero, 0
     if weighting not in ("none", "sample") or weighting == "sample" and diffusion.kind != "flow":

@@ -84,6 +84,8 @@ class LossConfig:
     # what those clean copies become: "noise", the noised copies themselves, or "model", the model's
     # own clean estimates of them (a first forward without gradients): context as soft as its samples
     context: str = "noise"
+    # ...on every k-th micro-batch only (the others keep clean context): "model" costs a forward
+    context_every: int = 1
     # pixel models: each value's error weighed by 1 + edge_weight x the contrast of its pixel with
     # its neighbours in the clean patch, so the few pixels where a shape's outline runs count more
     edge_weight: float = 0.0
@@ -97,6 +99,8 @@ class LossConfig:
             raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
         if not 0.0 <= self.context_noise <= 1.0:
             raise ValueError(f"loss.context_noise must be in [0, 1], got {self.context_noise}")
+        if self.context_every < 1:
+            raise ValueError(f"loss.context_every must be >= 1, got {self.context_every}")
         if self.context not in ("noise", "model"):
             raise ValueError(f"loss.context must be 'noise' or 'model', got {self.context!r}")
         if self.weighting not in ("none", "sample"):

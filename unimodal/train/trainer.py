@@ -216,7 +216,9 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(counts)
         denominators = (float(counts[0]) / self.world, float(counts[1]) / self.world)
-        self.diffusion.logit_mean = self.cfg.loss.time_mean_at(self.step, self.cfg.train.max_steps)
+        loss_cfg = self.cfg.loss
+        self.diffusion.logit_mean = loss_cfg.time_mean_at(self.step, self.cfg.train.max_steps)
+        self.diffusion.context_noise = loss_cfg.context_noise if index % loss_cfg.context_every == 0 else 0.0
         autocast = self.compute_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
             out = losses(

@@ -629,6 +629,21 @@ def test_trainer_applies_the_edge_weight(tmp_path):
     assert first[8]["image"] > first[0]["image"] * 1.05
 
 
+def test_trainer_gives_model_context_on_every_kth_micro_batch(tmp_path):
+    """`loss.context_every=2`: micro-batches 0 and 2 get the model's own context (its first forward
+    runs: the diffusion's context noise is on), micro-batch 1 clean context."""
+    from unimodal.train.config import load_config
+    from unimodal.train.trainer import Trainer
+
+    ctx = ["loss.context=model", "loss.context_noise=0.5", "loss.context_every=2"]
+    trainer = Trainer(load_config(None, [*MICRO, *ctx]), tmp_path / "run")
+    seen = []
+    for _ in range(3):
+        assert trainer.micro_step() is not None
+        seen.append(trainer.diffusion.context_noise)
+    assert seen == [0.5, 0.0, 0.5]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_trainer_on_cuda(tmp_path):
     """`unimodal train` on a GPU: every per-step statistic is gathered on the device (a CPU tensor

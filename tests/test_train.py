@@ -600,6 +600,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("loss.context_noise=2", ["loss.context_noise"]),
         ("loss.context=samples", ["loss.context", "samples"]),
         ("loss.context_every=0", ["loss.context_every"]),
+        ("loss.context_from=1", ["loss.context_from"]),
         ("loss.edge_weight=-1", ["loss.edge_weight"]),
         ("model.sigma_data=-0.5", ["sigma_data"]),
         ("data.prefetch=-1", ["data.prefetch"]),
@@ -629,19 +630,23 @@ def test_trainer_applies_the_edge_weight(tmp_path):
     assert first[8]["image"] > first[0]["image"] * 1.05
 
 
-def test_trainer_gives_model_context_on_every_kth_micro_batch(tmp_path):
-    """`loss.context_every=2`: micro-batches 0 and 2 get the model's own context (its first forward
-    runs: the diffusion's context noise is on), micro-batch 1 clean context."""
+@pytest.mark.parametrize(
+    ("every", "start", "want"), [(2, 0.0, [0.5, 0.0, 0.5, 0.0, 0.5]), (1, 0.5, [0.0, 0.0, 0.5, 0.5, 0.5])]
+)
+def test_trainer_gives_model_context_on_the_steps_asked(tmp_path, every, start, want):
+    """`loss.context_every=2`: micro-batches 0, 2 and 4 get the model's own context (the diffusion's
+    context noise is on: its first forward runs), the others clean context. `loss.context_from=0.5`
+    of 4 steps: from step 2 on."""
     from unimodal.train.config import load_config
     from unimodal.train.trainer import Trainer
 
-    ctx = ["loss.context=model", "loss.context_noise=0.5", "loss.context_every=2"]
-    trainer = Trainer(load_config(None, [*MICRO, *ctx]), tmp_path / "run")
+    ctx = ["loss.context=model", "loss.context_noise=0.5", f"loss.context_every={every}", f"loss.context_from={start}"]
+    trainer = Trainer(load_config(None, [*MICRO, "train.max_steps=4", *ctx]), tmp_path / "run")
     seen = []
-    for _ in range(3):
-        assert trainer.micro_step() is not None
+    for _ in range(5):
+        trainer.train_step()
         seen.append(trainer.diffusion.context_noise)
-    assert seen == [0.5, 0.0, 0.5]
+    assert seen == want
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -86,6 +86,9 @@ class LossConfig:
     context: str = "noise"
     # ...on every k-th micro-batch only (the others keep clean context): "model" costs a forward
     context_every: int = 1
+    # ...from this fraction of max_steps on (before it, clean context), as scheduled sampling starts
+    # once the model's own outputs resemble the data
+    context_from: float = 0.0
     # pixel models: each value's error weighed by 1 + edge_weight x the contrast of its pixel with
     # its neighbours in the clean patch, so the few pixels where a shape's outline runs count more
     edge_weight: float = 0.0
@@ -101,6 +104,8 @@ class LossConfig:
             raise ValueError(f"loss.context_noise must be in [0, 1], got {self.context_noise}")
         if self.context_every < 1:
             raise ValueError(f"loss.context_every must be >= 1, got {self.context_every}")
+        if not 0.0 <= self.context_from < 1.0:
+            raise ValueError(f"loss.context_from must be in [0, 1), got {self.context_from}")
         if self.context not in ("noise", "model"):
             raise ValueError(f"loss.context must be 'noise' or 'model', got {self.context!r}")
         if self.weighting not in ("none", "sample"):

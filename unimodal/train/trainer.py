@@ -218,7 +218,8 @@ class Trainer:
         denominators = (float(counts[0]) / self.world, float(counts[1]) / self.world)
         loss_cfg = self.cfg.loss
         self.diffusion.logit_mean = loss_cfg.time_mean_at(self.step, self.cfg.train.max_steps)
-        self.diffusion.context_noise = loss_cfg.context_noise if index % loss_cfg.context_every == 0 else 0.0
+        corrupt = index % loss_cfg.context_every == 0 and self.step >= loss_cfg.context_from * self.cfg.train.max_steps
+        self.diffusion.context_noise = loss_cfg.context_noise if corrupt else 0.0
         autocast = self.compute_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
             out = losses(

@@ -268,6 +268,11 @@ def test_model_context_is_the_models_own_estimate_of_each_clean_copy():
         inputs = batch.patches.clone()
         inputs[lay.noisy] = noised.patches[rows, cols]
         s = seen[0]
+        # the model reads each block at its own s, drawn after t and ε as context "noise" draws it
+        g = torch.Generator().manual_seed(0)
+        Diffusion("flow").sample_t(batch.block_label.numel(), g)
+        torch.randn(plain.target.shape, generator=g)
+        assert torch.equal(s, torch.rand(batch.block_label.numel(), generator=g) * 0.3)
         v = model(batch.tokens, inputs, lay, t=s, labels=batch.block_label).pred
         want = plain.patches.clone()
         want[rows, cols] = inputs[lay.noisy] - s[lay.block[lay.noisy]][:, None] * v

@@ -630,22 +630,23 @@ def test_trainer_applies_the_edge_weight(tmp_path):
     assert first[8]["image"] > first[0]["image"] * 1.05
 
 
-@pytest.mark.parametrize(
-    ("every", "start", "want"), [(2, 0.0, [0.5, 0.0, 0.5, 0.0, 0.5]), (1, 0.5, [0.0, 0.0, 0.5, 0.5, 0.5])]
-)
+@pytest.mark.parametrize(("every", "start", "want"), [(2, 0.0, [2, 1, 2, 1, 2]), (1, 0.5, [1, 1, 2, 2, 2])])
 def test_trainer_gives_model_context_on_the_steps_asked(tmp_path, every, start, want):
-    """`loss.context_every=2`: micro-batches 0, 2 and 4 get the model's own context (the diffusion's
-    context noise is on: its first forward runs), the others clean context. `loss.context_from=0.5`
-    of 4 steps: from step 2 on."""
+    """Model forwards per step: 2 where the model's own context is made (its first forward, then
+    the one that trains), 1 elsewhere. `loss.context_every=2`: micro-batches 0, 2 and 4;
+    `loss.context_from=0.5` of 4 steps: from step 2 on."""
     from unimodal.train.config import load_config
     from unimodal.train.trainer import Trainer
 
     ctx = ["loss.context=model", "loss.context_noise=0.5", f"loss.context_every={every}", f"loss.context_from={start}"]
     trainer = Trainer(load_config(None, [*MICRO, "train.max_steps=4", *ctx]), tmp_path / "run")
+    calls = []
+    trainer.model.register_forward_hook(lambda module, args, out: calls.append(1))
     seen = []
     for _ in range(5):
+        before = len(calls)
         trainer.train_step()
-        seen.append(trainer.diffusion.context_noise)
+        seen.append(len(calls) - before)
     assert seen == want
 
 

@@ -424,3 +424,107 @@ def test_several_noisy_copies_have_their_own_block_entries():
     assert int(lay.noisy.sum()) == 3 * 16 and lay.shape[1] == 5 + 4 * 16
     with pytest.raises(ValueError, match="noisy_copies"):
         pack([doc], patch_dim=2, noisy_copies=0)
+
+
+def _reference_pack(docs: list[EncodedDoc], row_len: int | None, copies: int, with_noisy: bool = True) -> dict:
+    """Every field of `pack`, token by token from the rules of the `Layout` docstring: an
+    independent reference for the batch-wide numpy build."""
+    toks = []  # per document: the tokens of its rows, each a dict of fields
+    entries = []
+    for d, doc in enumerate(docs):
+        n_doc = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
+        out, unit, index, blocks = [], 0, 0, 0
+        for seg in doc.segments:
+            if isinstance(seg, VisualSegment):
+                n, b, _ = seg.tokens.shape
+                for j in range(n):
+                    for c in range(copies + 1 if with_noisy and seg.noisy else 1):
+                        for k in range(b):
+                            out.append(
+                                dict(doc=d, unit=unit + j, stream=c, modality=VISUAL,
+                                     pos=(seg.pos[j, k] + index).tolist(), block=blocks + j + max(c - 1, 0) * n_doc,
+                                     origin=index, token=0, patch=seg.tokens[j, k])
+                            )  # fmt: skip
+                unit, index, blocks = unit + n, index + max(seg.grid), blocks + n
+            else:
+                for i in seg:
+                    out.append(
+                        dict(doc=d, unit=unit, stream=0, modality=TEXT, pos=[index] * 3, block=-1, origin=0, token=i)
+                    )
+                    unit, index = unit + 1, index + 1
+        toks.append(out)
+        entries.append(n_doc * (copies if with_noisy and copies > 1 else 1))
+    rows: list[list[int]] = []
+    for d, t in enumerate(toks):  # first fit
+        fits = [r for r in rows if row_len is not None and sum(len(toks[e]) for e in r) + len(t) <= row_len]
+        fits[0].append(d) if fits else rows.append([d])
+    first, table, cells = {}, [], []
+    for r in rows:
+        row = []
+        for d in r:
+            first[d] = len(table)
+            table += [(docs[d].label if docs[d].label is not None else -1, d)] * entries[d]
+            row += [{**t, "block": t["block"] + first[d] if t["block"] >= 0 else -1} for t in toks[d]]
+        for i, t in enumerate(row):  # a text token predicts the next token of its document if it is text
+            nxt = row[i + 1] if i + 1 < len(row) else None
+            text_next = t["modality"] == TEXT and nxt is not None and nxt["modality"] == TEXT and nxt["doc"] == t["doc"]
+            t["target"] = nxt["token"] if text_next else IGNORE
+        cells.append(row)
+    return {"rows": cells, "table": table, "first": first}
+
+
+@pytest.mark.parametrize("copies,rows,with_noisy", [(1, 1.0, True), (3, 1.5, True), (2, None, True), (2, 2.0, False)])
+def test_pack_matches_a_token_by_token_reference(copies, rows, with_noisy):
+    """Random documents (text runs, empty runs, images and clips of several grids and block kinds,
+    context-only images, labels) packed into rows of `rows` x the longest document (None: one a
+    row), against the token-by-token reference; padding elsewhere."""
+    rng = np.random.default_rng(copies)
+    specs = [BlockSpec("tiles", 1), TILE2, BlockSpec("rows", 2), BlockSpec("frames", 1)]
+    docs = []
+    for i in range(9):
+        segs: list = []
+        for k in range(int(rng.integers(1, 4))):
+            if rng.random() < 0.5:
+                segs.append([int(v) for v in rng.integers(3, 50, int(rng.integers(0, 5)))])
+            else:
+                spec = specs[int(rng.integers(len(specs)))]
+                seg = _seg(int(rng.integers(1, 3)), 2 + 2 * int(rng.integers(0, 2)), 4, spec, seed=10 * i + k)
+                seg.noisy = bool(rng.random() < 0.7)
+                segs.append(seg)
+        docs.append(EncodedDoc(segs, label=int(rng.integers(5)) if rng.random() < 0.5 else None))
+    longest = max(len(r) for r in _reference_pack(docs, None, copies, with_noisy)["rows"])
+    row_len = None if rows is None else int(rows * longest)
+    ref = _reference_pack(docs, row_len, copies, with_noisy)
+    assert rows is None or len(ref["rows"]) < len(docs)  # documents share rows
+    b = pack(docs, patch_dim=2, row_len=row_len, noisy_copies=copies, with_noisy=with_noisy)
+    lay = b.layout
+    assert lay.shape[0] == len(ref["rows"])
+    assert lay.shape[1] == (row_len if row_len is not None else max(len(r) for r in ref["rows"]))
+    for r, row in enumerate(ref["rows"]):
+        n = len(row)
+        for f in ("doc", "unit", "stream", "modality", "block", "origin", "token", "target"):
+            got = {"token": b.tokens, "target": b.text_targets}.get(f, getattr(lay, f, None))
+            assert got[r, :n].tolist() == [t[f] for t in row], f
+        assert lay.pos[r, :n].tolist() == [t["pos"] for t in row]
+        vis = [t["patch"] for t in row if t["modality"] == VISUAL]
+        assert torch.equal(
+            b.patches[r, :n][lay.modality[r, :n] == VISUAL], torch.stack(vis) if vis else torch.zeros(0, 2)
+        )
+        assert (lay.modality[r, n:] == PAD).all() and (lay.doc[r, n:] == -1).all() and (lay.block[r, n:] == -1).all()
+        assert (
+            (b.patches[r, n:] == 0).all() and (b.text_targets[r, n:] == IGNORE).all() and (b.tokens[r, n:] == 0).all()
+        )
+    assert b.block_label.tolist() == [lab for lab, _ in ref["table"]]
+    assert b.block_doc.tolist() == [d for _, d in ref["table"]]
+    order = [d for row in ref["rows"] for d in dict.fromkeys(t["doc"] for t in row)]
+    images, seen = [], set()
+    for d in order + [d for d in range(len(docs)) if d not in order]:  # documents without tokens hold no image
+        if d in seen:
+            continue
+        seen.add(d)
+        first = ref["first"].get(d, 0)
+        for seg in docs[d].segments:
+            if isinstance(seg, VisualSegment):
+                images.append((d, first, seg.grid))
+                first += seg.tokens.shape[0]
+    assert b.images == images

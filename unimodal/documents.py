@@ -26,6 +26,10 @@ class Text:
             raise TypeError(f"Text.text must be a str, got {type(self.text).__name__}")
 
 
+# uint8 -> [-1, 1] as float32, value by value the same as `x.float() / 127.5 - 1.0`
+_UINT8_TO_UNIT = (torch.arange(256, dtype=torch.uint8).float() / 127.5 - 1.0).numpy()
+
+
 @dataclass
 class Image:
     """An image or a video, in pixel space or as precomputed latents.
@@ -49,22 +53,33 @@ class Image:
             if not isinstance(x, PILImage.Image):
                 raise TypeError(f"Image.data must be an array, a tensor or a PIL image, got {type(x).__name__}")
             x = np.asarray(x)
-        t = torch.tensor(x) if isinstance(x, np.ndarray) else x  # a copy: arrays may be read-only views
         if self.latent:
+            t = torch.tensor(x) if isinstance(x, np.ndarray) else x  # a copy: arrays may be read-only views
             if t.dim() == 3:
                 t = t.unsqueeze(0)
             if t.dim() != 4:
                 raise ValueError(f"latent Image must be (C, H, W) or (T, C, H, W), got shape {tuple(t.shape)}")
             return t.float()
-        is_uint8 = t.dtype == torch.uint8
-        if t.dim() == 2:
-            t = t.unsqueeze(-1)
-        if t.dim() == 3:
-            t = t.unsqueeze(0)
-        if t.dim() != 4:
-            raise ValueError(f"pixel Image must be (H, W), (H, W, C) or (T, H, W, C), got shape {tuple(t.shape)}")
-        t = t.permute(0, 3, 1, 2).float()
-        return t / 127.5 - 1.0 if is_uint8 else t
+        if x.ndim == 2:
+            x = x[..., None]
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ValueError(f"pixel Image must be (H, W), (H, W, C) or (T, H, W, C), got shape {tuple(x.shape)}")
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8:  # one lookup: a new array, in (T, C, H, W) order
+            return torch.from_numpy(_UINT8_TO_UNIT[x.transpose(0, 3, 1, 2)])
+        t = torch.tensor(x) if isinstance(x, np.ndarray) else x  # a copy: arrays may be read-only views
+        t = t.permute(0, 3, 1, 2)
+        return t.float() / 127.5 - 1.0 if t.dtype == torch.uint8 else t.float()
+
+    @property
+    def is_uint8(self) -> bool:
+        """Whether the data are uint8 pixels (finite by construction: no check needed)."""
+        d = self.data
+        uint8 = (
+            isinstance(d, np.ndarray) and d.dtype == np.uint8 or isinstance(d, torch.Tensor) and d.dtype == torch.uint8
+        )
+        return uint8 and not self.latent
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

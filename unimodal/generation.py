@@ -25,7 +25,7 @@ import torch
 from .guidance import GuidanceSchedule, apply
 from .layout import PAD, TEXT, VISUAL, Layout
 from .model import UnifiedModel
-from .patches import block_order, grid_positions
+from .patches import block_positions
 from .samplers import Sampler
 
 
@@ -222,8 +222,7 @@ class Engine:
         """The rows start an image of `grid` patches at their current unit and RoPE index."""
         spec = self.cfg.block_spec
         if self.grid != grid:
-            order = block_order(grid, spec)
-            self.block_pos = grid_positions(grid)[order].reshape(spec.num_blocks(grid), -1, 3)
+            self.block_pos = block_positions(grid, spec)
             self.grid = grid
         for c in cache_rows:
             self.image_unit[c], self.image_index[c] = self.unit[c], self.index[c]

@@ -160,74 +160,42 @@ class Batch:
         )
 
 
-_FIELDS = ("unit", "stream", "modality", "block", "origin", "token")  # (n,) each, besides pos (n, 3)
-
-
 @lru_cache(maxsize=4096)  # bounded: datasets of many image sizes make many shapes
 def _visual_fields(n: int, streams: int, b: int, n_blocks: int) -> dict[str, np.ndarray]:
     """The offset-free fields of a visual segment of n blocks of b tokens in `streams` copies
     (clean, then noisy), in token order: unit and block entry relative to the segment's first,
-    stream, modality, and zeros. `n_blocks` (the document's block count) places copies >= 2 in the
-    block table. Shared by every segment of that shape: read-only."""
+    stream, and `source`, the clean token (of the segment's n * b) whose features each token
+    carries. `n_blocks` (the document's block count) places copies >= 2 in the block table. Shared
+    by every segment of that shape: read-only."""
     j, c = np.arange(n)[:, None, None], np.arange(streams)[None, :, None]
     shape = (n, streams, b)
     out = {
         "unit": np.broadcast_to(j, shape).ravel(),
         "stream": np.broadcast_to(c, shape).ravel(),
         "block": np.broadcast_to(j + np.maximum(c - 1, 0) * n_blocks, shape).ravel(),
-        "modality": np.full(n * streams * b, VISUAL, np.int64),
-        "zeros": np.zeros(n * streams * b, np.int64),
+        "source": np.broadcast_to(np.arange(n * b).reshape(n, 1, b), shape).ravel(),
     }
     for a in out.values():
         a.flags.writeable = False
     return out
 
 
-def _doc_tokens(
-    doc: EncodedDoc, with_noisy: bool, copies: int, patch_dim: int
-) -> tuple[dict[str, np.ndarray], list[torch.Tensor], int]:
-    """One document's per-token fields (no padding) as int64 numpy arrays, positions M-RoPE style,
-    built a segment at a time; the patch features of its visual tokens in order (torch, (n, D)
-    each); and its count of block-table entries. Each block of a noisy segment gets `copies` noisy
-    copies; copy c >= 2 of the document's block j uses block entry (c - 1) * n + j, n being the
-    document's block count. Numpy, not torch: a document is a few dozen tokens, where the
-    per-call cost of small torch operations would dominate the data path."""
-    n_blocks = sum(s.tokens.shape[0] for s in doc.segments if isinstance(s, VisualSegment))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*_FIELDS, "pos")}
-    patches: list[torch.Tensor] = []
-    blocks = unit = index = 0  # block entries, units and the running RoPE index so far
-    for seg in doc.segments:
-        if isinstance(seg, VisualSegment):
-            n, b, d = seg.tokens.shape
-            if d != patch_dim:
-                raise ValueError(f"patch features have size {d}, expected {patch_dim}")
-            streams = copies + 1 if with_noisy and seg.noisy else 1
-            t = _visual_fields(n, streams, b, n_blocks if streams > 2 else 0)  # only copies >= 2 read it
-            parts["unit"].append(unit + t["unit"])
-            parts["stream"].append(t["stream"])
-            parts["modality"].append(t["modality"])
-            parts["pos"].append(np.repeat(seg.pos.numpy()[:, None], streams, axis=1).reshape(-1, 3) + index)
-            parts["block"].append(blocks + t["block"])
-            parts["origin"].append(t["zeros"] + index)
-            parts["token"].append(t["zeros"])
-            patches.append(seg.tokens.float()[:, None].expand(n, streams, b, d).reshape(-1, d))
-            blocks, unit, index = blocks + n, unit + n, index + max(seg.grid)
-        elif seg:
-            m = len(seg)
-            steps = np.arange(m)
-            parts["unit"].append(unit + steps)
-            parts["stream"].append(np.zeros(m, np.int64))
-            parts["modality"].append(np.full(m, TEXT))
-            parts["pos"].append(np.repeat((index + steps)[:, None], 3, axis=1))
-            parts["block"].append(np.full(m, -1))
-            parts["origin"].append(np.zeros(m, np.int64))
-            parts["token"].append(np.asarray(seg, dtype=np.int64))
-            unit, index = unit + m, index + m
-    cols = {
-        k: np.concatenate(v).astype(np.int64, copy=False) if v else np.zeros((0, 3) if k == "pos" else 0, np.int64)
-        for k, v in parts.items()
-    }
-    return cols, patches, n_blocks * (copies if with_noisy and copies > 1 else 1)
+def _first_fit(lengths: list[int], row_len: int) -> list[list[int]]:
+    """Documents (by index) into rows of `row_len` tokens, first fit in the given order."""
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for i, n in enumerate(lengths):
+        if n > row_len:
+            raise ValueError(f"document {i} has {n} tokens, more than row_len={row_len}")
+        for r, used in enumerate(fill):
+            if used + n <= row_len:
+                rows[r].append(i)
+                fill[r] += n
+                break
+        else:
+            rows.append([i])
+            fill.append(n)
+    return rows
 
 
 def pack(
@@ -247,88 +215,139 @@ def pack(
     rounded up to `pad_multiple` (e.g. 128 for FlexAttention tiles). A document longer than
     `row_len`, or rows longer than `pad_to`, are errors naming the length. `noisy_copies`: noisy
     copies per block (with `with_noisy`), each with its own block entry and so its own t.
+
+    Every document's tokens are laid end to end in row order and each field is built for the whole
+    batch at once (numpy, then one copy into the padded rows): a document is a few dozen tokens,
+    where per-document array operations would dominate the data path. Positions are M-RoPE style:
+    text advances the RoPE index by one per token, a visual segment by its largest grid side. Each
+    block of a noisy segment gets `noisy_copies` noisy copies; copy c >= 2 of a document's block j
+    uses block entry (c - 1) * n + j, n being the document's block count.
     """
     if noisy_copies < 1:
         raise ValueError(f"noisy_copies must be at least 1, got {noisy_copies}")
-    flat, visual, entries = [], [], []
+
+    def streams(seg: VisualSegment) -> int:
+        return noisy_copies + 1 if with_noisy and seg.noisy else 1
+
+    lengths, n_blocks = [], []
     for i, d in enumerate(docs):
-        try:
-            cols, patches, n = _doc_tokens(d, with_noisy, noisy_copies, patch_dim)
-        except ValueError as e:
-            raise ValueError(f"document {i}: {e}") from e
-        flat.append(cols)
-        visual.append(patches)
-        entries.append(n)
-    lengths = [len(f["unit"]) for f in flat]
+        n_tok = n_blk = 0
+        for seg in d.segments:
+            if isinstance(seg, VisualSegment):
+                n, b, dim = seg.tokens.shape
+                if dim != patch_dim:
+                    raise ValueError(f"document {i}: patch features have size {dim}, expected {patch_dim}")
+                n_tok, n_blk = n_tok + n * b * streams(seg), n_blk + n
+            else:
+                n_tok += len(seg)
+        lengths.append(n_tok)
+        n_blocks.append(n_blk)
+    entries = [n * (noisy_copies if with_noisy and noisy_copies > 1 else 1) for n in n_blocks]
     if row_len is None:
         rows = [[i] for i in range(len(docs))]
         row_len = max(lengths, default=1)
     else:
-        rows, fill = [], []
-        for i, n in enumerate(lengths):
-            if n > row_len:
-                raise ValueError(f"document {i} has {n} tokens, more than row_len={row_len}")
-            for r, used in enumerate(fill):
-                if used + n <= row_len:
-                    rows[r].append(i)
-                    fill[r] += n
-                    break
-            else:
-                rows.append([i])
-                fill.append(n)
+        rows = _first_fit(lengths, row_len)
     if pad_to is not None:
         if pad_to < row_len:
             raise ValueError(f"rows need {row_len} tokens, more than pad_to={pad_to}")
         row_len = pad_to
     L = -(-row_len // pad_multiple) * pad_multiple
     R = len(rows)
-    out = {k: np.full((R, L), fill, np.int64) for k, fill in (("doc", -1), ("modality", PAD), ("block", -1))}
-    out.update({k: np.zeros((R, L), np.int64) for k in ("unit", "stream", "origin", "token")})
-    pos_t = np.zeros((R, L, 3), np.int64)
-    tgt_t = np.full((R, L), IGNORE, np.int64)
-    patch_t = torch.zeros((R, L, patch_dim))
-    block_label, block_doc, images = [], [], []
-    for r, members in enumerate(rows):
-        n_row = sum(lengths[d] for d in members)
-        if not n_row:
-            continue
-        sizes = [lengths[d] for d in members]
-        starts = np.cumsum([len(block_label)] + [entries[d] for d in members[:-1]])
-        for k in _FIELDS:
-            out[k][r, :n_row] = np.concatenate([flat[d][k] for d in members])
-        pos_t[r, :n_row] = np.concatenate([flat[d]["pos"] for d in members])
-        out["doc"][r, :n_row] = np.repeat(members, sizes)
-        blk = out["block"][r, :n_row]  # a view: per-document block entries -> the batch's table
-        own = blk >= 0
-        blk[own] += np.repeat(starts, sizes)[own]
-        vis = [p for d in members for p in visual[d]]
-        if vis:
-            patch_t[r, torch.from_numpy(out["modality"][r] == VISUAL)] = torch.cat(vis)
-        # next-token targets: a clean text token predicts the next unit of its document when that unit is text
-        is_text, doc = out["modality"][r, :n_row] == TEXT, out["doc"][r, :n_row]
-        nxt = is_text[:-1] & is_text[1:] & (doc[1:] == doc[:-1])
-        tgt_t[r, : n_row - 1] = np.where(nxt, out["token"][r, 1:n_row], IGNORE)
-        for d in members:
-            first_block = len(block_label)
-            label = docs[d].label
-            block_label += [label if label is not None else -1] * entries[d]
-            block_doc += [d] * entries[d]
-            for seg in docs[d].segments:
-                if isinstance(seg, VisualSegment):
-                    images.append((d, first_block, seg.grid))
-                    first_block += seg.tokens.shape[0]
-    t = {k: torch.from_numpy(v) for k, v in out.items()}
-    doc_t, unit_t, stream_t, mod_t, block_t, origin_t, tok_t = (
-        t[k] for k in ("doc", "unit", "stream", "modality", "block", "origin", "token")
+
+    # every segment of every document, in row order: its length and offsets, and the visual
+    # segments' offset-free fields, first block entries and features
+    order = [d for members in rows for d in members]
+    seg_len, seg_visual, seg_unit, seg_index = [], [], [], []
+    vis: dict[str, list[np.ndarray]] = {k: [] for k in ("unit", "stream", "block", "source", "pos")}
+    vis_block, ids, features, block_label, images = [], [], [], [], []
+    for d in order:
+        unit = index = 0
+        blocks = len(block_label)  # the document's first entry in the batch's block table
+        for seg in docs[d].segments:
+            if isinstance(seg, VisualSegment):
+                n, b, _ = seg.tokens.shape
+                s = streams(seg)
+                t = _visual_fields(n, s, b, n_blocks[d] if s > 2 else 0)  # only copies >= 2 read it
+                for k in ("unit", "stream", "block", "source"):
+                    vis[k].append(t[k])
+                vis["pos"].append(np.repeat(seg.pos.numpy()[:, None], s, axis=1).reshape(-1, 3))
+                vis_block.append(blocks)
+                features.append(seg.tokens.reshape(n * b, -1))
+                images.append((d, blocks, seg.grid))
+                seg_len.append(n * b * s)
+                seg_visual.append(True)
+                seg_unit.append(unit)
+                seg_index.append(index)
+                unit, index, blocks = unit + n, index + max(seg.grid), blocks + n
+            elif seg:
+                ids.extend(seg)
+                seg_len.append(len(seg))
+                seg_visual.append(False)
+                seg_unit.append(unit)
+                seg_index.append(index)
+                unit, index = unit + len(seg), index + len(seg)
+        label = docs[d].label
+        block_label += [label if label is not None else -1] * entries[d]
+
+    def per_token(values: list[int], lengths: list[int] = seg_len) -> np.ndarray:
+        return np.repeat(np.asarray(values, np.int64), np.asarray(lengths, np.int64))
+
+    total = sum(seg_len)
+    is_vis = per_token(seg_visual).astype(bool)
+    local = np.arange(total) - per_token(np.cumsum(seg_len) - seg_len)  # the offset within its segment
+    unit_t, pos_t = local.copy(), np.repeat(local[:, None], 3, axis=1)  # text: one unit, one index a token
+    stream_t, origin_t, block_t = np.zeros(total, np.int64), np.zeros(total, np.int64), np.full(total, -1, np.int64)
+    source = np.zeros(0, np.int64)  # for each visual token, the row of `features` it copies
+    if features:
+        cat = {k: np.concatenate(v) for k, v in vis.items()}
+        unit_t[is_vis], stream_t[is_vis], pos_t[is_vis] = cat["unit"], cat["stream"], cat["pos"]
+        vis_len = [len(u) for u in vis["unit"]]
+        block_t[is_vis] = cat["block"] + per_token(vis_block, vis_len)
+        source = cat["source"] + per_token(np.cumsum([0] + [len(f) for f in features[:-1]]), vis_len)
+    unit_t += per_token(seg_unit)
+    index = per_token(seg_index)
+    pos_t += index[:, None]
+    origin_t[is_vis] = index[is_vis]
+    modality_t = np.where(is_vis, VISUAL, TEXT)
+    token_t = np.zeros(total, np.int64)
+    token_t[~is_vis] = ids
+    doc_t = per_token(order, [lengths[d] for d in order])
+    # next-token targets: a clean text token predicts the next unit of its document when that unit is text
+    is_text = ~is_vis
+    nxt = is_text[:-1] & is_text[1:] & (doc_t[1:] == doc_t[:-1])
+    tgt_t = np.full(total, IGNORE, np.int64)
+    tgt_t[:-1] = np.where(nxt, token_t[1:], IGNORE)
+
+    # the flat sequence into padded rows: token k of row r's documents goes to (r, k)
+    used = [sum(lengths[d] for d in members) for members in rows]
+    row_of = per_token(list(range(R)), used)
+    flat_at = row_of * L + np.arange(total) - (np.cumsum(used) - used)[row_of]
+
+    def rows_of(values: np.ndarray, fill: int) -> torch.Tensor:
+        out = np.full((R * L, *values.shape[1:]), fill, np.int64)
+        out[flat_at] = values
+        return torch.from_numpy(out.reshape(R, L, *values.shape[1:]))
+
+    patch_t = torch.zeros((R * L, patch_dim))
+    if features:
+        clean = torch.cat(features).float()
+        patch_t.index_copy_(0, torch.from_numpy(flat_at[is_vis]), clean.index_select(0, torch.from_numpy(source)))
+    layout = Layout(
+        rows_of(doc_t, -1),
+        rows_of(unit_t, 0),
+        rows_of(stream_t, 0),
+        rows_of(modality_t, PAD),
+        rows_of(pos_t, 0),
+        rows_of(block_t, -1),
+        rows_of(origin_t, 0),
     )
-    pos_t, tgt_t = torch.from_numpy(pos_t), torch.from_numpy(tgt_t)
-    layout = Layout(doc_t, unit_t, stream_t, mod_t, pos_t, block_t, origin_t)
     return Batch(
         layout,
-        tok_t,
-        patch_t,
-        tgt_t,
+        rows_of(token_t, 0),
+        patch_t.reshape(R, L, patch_dim),
+        rows_of(tgt_t, IGNORE),
         torch.tensor(block_label, dtype=torch.long),
-        torch.tensor(block_doc, dtype=torch.long),
+        torch.from_numpy(per_token(order, [entries[d] for d in order])),
         images,
     )

@@ -106,14 +106,37 @@ def _grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
     ).reshape(-1, 3)
 
 
+def block_positions(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
+    """(t, h, w) coordinates of every patch in block order: (N, B, 3). Cached per grid and spec:
+    treat the result as read-only."""
+    return _block_positions(tuple(int(g) for g in grid), spec)
+
+
+@lru_cache(maxsize=1024)
+def _block_positions(grid: tuple[int, int, int], spec: BlockSpec) -> torch.Tensor:
+    return grid_positions(grid)[block_order(grid, spec)].reshape(spec.num_blocks(grid), spec.block_len(grid), 3)
+
+
+@lru_cache(maxsize=1024)
+def _gather_index(shape: tuple[int, int, int, int], patch: int, spec: BlockSpec) -> torch.Tensor:
+    """Flat indices into a contiguous (T, C, H, W) tensor of that shape, listing the features of its
+    patches in block order: `to_blocks` is then one gather, not a chain of copies. Read-only."""
+    p = patchify(torch.arange(shape[0] * shape[1] * shape[2] * shape[3]).reshape(shape), patch)
+    return p.reshape(-1, p.shape[-1])[block_order(tuple(p.shape[:3]), spec)].reshape(-1)
+
+
 def to_blocks(x: torch.Tensor, patch: int, spec: BlockSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, C, H, W) -> tokens (N, B, C*p*p) and their (t, h, w) positions (N, B, 3), in block order."""
-    p = patchify(x, patch)
-    grid = tuple(p.shape[:3])
-    order = block_order(grid, spec)
-    n, b = spec.num_blocks(grid), spec.block_len(grid)
-    tokens = p.reshape(-1, p.shape[-1])[order].reshape(n, b, -1)
-    return tokens, grid_positions(grid)[order].reshape(n, b, 3)
+    """(T, C, H, W) -> tokens (N, B, C*p*p) and their (t, h, w) positions (N, B, 3), in block order.
+    The positions are cached per grid and spec: treat them as read-only."""
+    t, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch size {patch} does not divide the image size {h}x{w}")
+    grid = (t, h // patch, w // patch)
+    index = _gather_index((t, c, h, w), patch, spec).to(x.device)
+    tokens = (
+        x.reshape(-1).index_select(0, index).reshape(spec.num_blocks(grid), spec.block_len(grid), c * patch * patch)
+    )
+    return tokens, block_positions(grid, spec)
 
 
 def from_blocks(tokens: torch.Tensor, grid: tuple[int, int, int], patch: int, spec: BlockSpec) -> torch.Tensor:

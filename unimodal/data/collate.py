@@ -130,7 +130,7 @@ class Collator:
                 out[-1].extend(ids)
             else:
                 x = seg.to_tensor()
-                if not torch.isfinite(x).all():
+                if not seg.is_uint8 and not torch.isfinite(x).all():
                     raise bad(f"segments[{i}].image", NON_FINITE)
                 if x.shape[1] != mc.channels:
                     raise bad(

@@ -14,8 +14,10 @@ preset and width/depth given here. One step = the diffusion + text losses forwar
   backward. Element-wise work is not counted (the MFU convention).
 - `peak_flops`: the best of several large square matrix products in the step's dtype, measured in
   this run with the same thread count (so `mfu` is relative to what this CPU does today).
-- `layout_s`: collation and packing of one batch (the data pipeline's share, done on the main
-  thread in training), reported beside `step_s` as `layout_fraction`.
+- `layout_s`: building one batch: the documents made (for the built-in data, rendered), collated
+  and packed (the data pipeline's share, done on the main thread in training), reported beside
+  `step_s` as `layout_fraction`; `collate_s` / `collate_fraction`: the collation and packing
+  alone (tokenising, patches, the packed layout), what the data's source does not decide.
 - `compiles`: torch.compile graphs compiled during the timed steps (0 unless `--compile`), and
   `compiles_per_step` beside `rows_per_step` (packed rows vary from batch to batch): a steady
   state compiles nothing.
@@ -125,6 +127,15 @@ def main() -> None:
     diffusion = Diffusion(mcfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     stream = batch_stream(cfg.data, tokenizer, mcfg)
+    collate, collate_times = stream.collator, []
+
+    def timed_collate(*a, **kw):
+        t0 = time.perf_counter()
+        out = collate(*a, **kw)
+        collate_times.append(time.perf_counter() - t0)
+        return out
+
+    stream.collator = timed_collate
     run = torch.compile(model) if args.compile else model
 
     def step(batch) -> float:
@@ -186,6 +197,8 @@ def main() -> None:
         "mfu": flops_per_step / step_s / peak,
         "layout_s": statistics.median(layout_times),
         "layout_fraction": statistics.median(layout_times) / step_s,
+        "collate_s": statistics.median(collate_times),
+        "collate_fraction": statistics.median(collate_times) / step_s,
         "compiles": compiles,
         "compiles_per_step": compiles_per_step,
         "rows_per_step": [b.layout.shape[0] for b in batches[args.warmup :]],

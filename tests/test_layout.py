@@ -307,6 +307,24 @@ def test_encode_document_from_pixels():
     assert tok.segments == [[97, 98]]
 
 
+def test_uint8_pixels_convert_by_lookup_as_by_arithmetic():
+    """The uint8 fast path of `Image.to_tensor` gives, bit for bit, what the float arithmetic does,
+    for every value, image and clip; `is_uint8` says which images need no NaN scan."""
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7), (4, 6, 3), (3, 4, 6, 3)]:
+        a = rng.integers(0, 256, shape, dtype=np.uint8)
+        a.flat[:256] = np.arange(256)  # every value
+        got = Image(a).to_tensor()
+        t = torch.tensor(a)
+        t = t[None, ..., None] if a.ndim == 2 else t[None] if a.ndim == 3 else t
+        want = t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert torch.equal(Image(torch.from_numpy(a)).to_tensor(), got)  # the tensor path agrees
+        assert Image(a).is_uint8 and Image(torch.from_numpy(a)).is_uint8
+    assert not Image(np.zeros((4, 4, 3), np.float32)).is_uint8
+    assert not Image(np.zeros((3, 4, 4), np.uint8), latent=True).is_uint8
+
+
 def test_layout_index_gathers_every_field():
     doc, _ = _text_image_text()
     lay = pack([doc], patch_dim=2).layout

@@ -78,6 +78,9 @@ def test_to_blocks_from_blocks_exact_inverse(shape, patch, spec):
     assert pos.shape == (n, b, 3)
     assert n * b == t * (h // patch) * (w // patch)
     assert torch.equal(from_blocks(tokens, grid, patch, spec), x)
+    # a non-contiguous view (every other column of a wider image) gives the same tokens
+    view = torch.stack([x, x], dim=-1).flatten(-2)[..., ::2]
+    assert not view.is_contiguous() and torch.equal(to_blocks(view, patch, spec)[0], tokens)
 
 
 @pytest.mark.parametrize("shape,patch,spec", ROUND_TRIPS[::3])

@@ -546,3 +546,12 @@ def test_pack_matches_a_token_by_token_reference(copies, rows, with_noisy):
                 images.append((d, first, seg.grid))
                 first += seg.tokens.shape[0]
     assert b.images == images
+
+
+def test_pack_of_nothing_and_of_empty_documents():
+    """No documents: an empty batch; a document without tokens takes no place in its row."""
+    b = pack([], patch_dim=2)
+    assert b.layout.shape[0] == 0 and b.block_label.numel() == 0 and b.images == []
+    b = pack([EncodedDoc([[5, 6]]), EncodedDoc([[]]), EncodedDoc([[7]])], patch_dim=2, row_len=4)
+    assert b.layout.doc.tolist() == [[0, 0, 2, -1]] and b.tokens.tolist() == [[5, 6, 7, 0]]
+    assert b.text_targets.tolist() == [[6, IGNORE, IGNORE, IGNORE]]

@@ -320,8 +320,8 @@ def pack(
     tgt_t[:-1] = np.where(nxt, token_t[1:], IGNORE)
 
     # the flat sequence into padded rows: token k of row r's documents goes to (r, k)
-    used = [sum(lengths[d] for d in members) for members in rows]
-    row_of = per_token(list(range(R)), used)
+    used = np.asarray([sum(lengths[d] for d in members) for members in rows], np.int64)
+    row_of = np.repeat(np.arange(R), used)
     flat_at = row_of * L + np.arange(total) - (np.cumsum(used) - used)[row_of]
 
     def rows_of(values: np.ndarray, fill: int) -> torch.Tensor:

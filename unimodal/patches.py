@@ -126,8 +126,7 @@ def _gather_index(shape: tuple[int, int, int, int], patch: int, spec: BlockSpec)
 
 
 def to_blocks(x: torch.Tensor, patch: int, spec: BlockSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, C, H, W) -> tokens (N, B, C*p*p) and their (t, h, w) positions (N, B, 3), in block order.
-    The positions are cached per grid and spec: treat them as read-only."""
+    """(T, C, H, W) -> tokens (N, B, C*p*p) and their (t, h, w) positions (N, B, 3), in block order."""
     t, c, h, w = x.shape
     if h % patch or w % patch:
         raise ValueError(f"patch size {patch} does not divide the image size {h}x{w}")
@@ -136,7 +135,7 @@ def to_blocks(x: torch.Tensor, patch: int, spec: BlockSpec) -> tuple[torch.Tenso
     tokens = (
         x.reshape(-1).index_select(0, index).reshape(spec.num_blocks(grid), spec.block_len(grid), c * patch * patch)
     )
-    return tokens, block_positions(grid, spec)
+    return tokens, block_positions(grid, spec).clone()  # the caller's own: it may edit them
 
 
 def from_blocks(tokens: torch.Tensor, grid: tuple[int, int, int], patch: int, spec: BlockSpec) -> torch.Tensor:

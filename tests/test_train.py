@@ -1,6 +1,7 @@
-"""The trainer end to end (issue 5): exact resume after SIGKILL, after SIGTERM and after a crash
-inside a checkpoint write; two CPU processes under ZeRO-2 and ZeRO-3 against one; non-finite
-losses; config errors; the main job on a shortened schedule.
+"""The trainer end to end (issue 5): exact resume after SIGKILL (with AdamW and with Muon), after
+SIGTERM and after a crash inside a checkpoint write; two CPU processes under ZeRO-2, ZeRO-3 and
+ZeRO-2 with Muon against one; non-finite losses; config errors; the main job on a shortened
+schedule.
 
 Every run is a real `unimodal train` process (or tests/train_worker.py, the same command with two
 test hooks) with a real DeepSpeed engine, gloo on CPU, one torch thread per rank. The runs are
@@ -73,6 +74,9 @@ MICRO = [
 ]
 STEPS, EVERY = 20, 4
 REF = [*MICRO, f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}"]
+# Muon for the blocks' matrices (unimodal/train/optim.py): its momentum must survive a resume, and
+# ZeRO must orthogonalise each matrix whole before it splits the update across ranks
+MUON = ["optim.kind=muon", "optim.muon_lr=0.05", "optim.grad_clip=0"]  # no clipping: see test_muon_config_errors
 CRASH_AT = 2 * EVERY  # the checkpoint write the crash test dies in
 NAN_FROM = 2 * EVERY + 1  # the many-non-finite test poisons every micro-batch from this one on
 # The main job: the default recipe (`unimodal train` with no arguments) on a shortened schedule.
@@ -279,18 +283,25 @@ class Runs:
 # ----------------------------------------------------------------------------------- jobs
 
 
-def job_reference(r: Runs, d: Path) -> dict[str, Any]:
+def job_reference(*extra: str) -> Callable[[Runs, Path], dict[str, Any]]:
     """The uninterrupted run every resume is compared with, and the one-process side of ZeRO."""
-    return {"run": r.proc(d, "train", cli(d / "run", *REF)), "out": d / "run"}
+
+    def job(r: Runs, d: Path) -> dict[str, Any]:
+        return {"run": r.proc(d, "train", cli(d / "run", *REF, *extra)), "out": d / "run"}
+
+    return job
 
 
-def job_sigkill(r: Runs, d: Path) -> dict[str, Any]:
-    out = d / "run"
-    k = random.Random(0).randint(EVERY + 1, STEPS - EVERY - 1)  # 11
-    killed = r.proc(d, "killed", cli(out, *REF), signal_at=(out, k, signal.SIGKILL))
-    at_kill = snapshot(out)
-    resumed = r.proc(d, "resumed", cli(out, *REF, resume=True))
-    return {"k": k, "killed": killed, "at_kill": at_kill, "resumed": resumed, "out": out}
+def job_sigkill(*extra: str) -> Callable[[Runs, Path], dict[str, Any]]:
+    def job(r: Runs, d: Path) -> dict[str, Any]:
+        out = d / "run"
+        k = random.Random(0).randint(EVERY + 1, STEPS - EVERY - 1)  # 11
+        killed = r.proc(d, "killed", cli(out, *REF, *extra), signal_at=(out, k, signal.SIGKILL))
+        at_kill = snapshot(out)
+        resumed = r.proc(d, "resumed", cli(out, *REF, *extra, resume=True))
+        return {"k": k, "killed": killed, "at_kill": at_kill, "resumed": resumed, "out": out}
+
+    return job
 
 
 def job_sigterm(r: Runs, d: Path) -> dict[str, Any]:
@@ -352,7 +363,7 @@ def job_nonfinite_many(r: Runs, d: Path) -> dict[str, Any]:
     return {"stopped": stopped, "at_stop": at_stop, "resumed": resumed, "out": out}
 
 
-def job_zero(stage: int, launcher: Callable[..., list[str]]) -> Callable[[Runs, Path], dict[str, Any]]:
+def job_zero(stage: int, launcher: Callable[..., list[str]], *extra: str) -> Callable[[Runs, Path], dict[str, Any]]:
     def job(r: Runs, d: Path) -> dict[str, Any]:
         out = d / "run"
         overrides = [
@@ -361,6 +372,7 @@ def job_zero(stage: int, launcher: Callable[..., list[str]]) -> Callable[[Runs, 
             f"train.max_steps={STEPS}",
             f"train.checkpoint_every={STEPS // 2}",
             f"deepspeed=training/deepspeed/zero{stage}.json",
+            *extra,
         ]
         return {"run": r.proc(d, "train", launcher(out, *overrides), ranks=2), "out": out}
 
@@ -380,9 +392,12 @@ def job_main(r: Runs, d: Path) -> dict[str, Any]:
 JOBS: dict[str, Callable[[Runs, Path], dict[str, Any]]] = {
     "zero2": job_zero(2, deepspeed_launcher),
     "zero3": job_zero(3, torchrun),
+    "zero2_muon": job_zero(2, deepspeed_launcher, *MUON),
     "main": job_main,
-    "reference": job_reference,
-    "sigkill": job_sigkill,
+    "reference": job_reference(),
+    "muon_reference": job_reference(*MUON),
+    "sigkill": job_sigkill(),
+    "muon_sigkill": job_sigkill(*MUON),
     "sigterm": job_sigterm,
     "crash_in_save": job_crash_in_save,
     "nonfinite_many": job_nonfinite_many,
@@ -390,11 +405,13 @@ JOBS: dict[str, Callable[[Runs, Path], dict[str, Any]]] = {
     "bad_config": job_bad_config,
 }
 NEEDS = {
-    "test_resume_after_sigkill_is_exact": ("reference", "sigkill"),
+    "test_resume_after_sigkill_is_exact[adamw]": ("reference", "sigkill"),
+    "test_resume_after_sigkill_is_exact[muon]": ("muon_reference", "muon_sigkill"),
     "test_crash_inside_a_checkpoint_write_resumes_from_the_previous_one": ("reference", "crash_in_save"),
     "test_sigterm_writes_a_checkpoint_and_resume_is_exact": ("reference", "sigterm"),
-    "test_two_processes_match_one[2]": ("reference", "zero2"),
-    "test_two_processes_match_one[3]": ("reference", "zero3"),
+    "test_two_processes_match_one[zero2]": ("reference", "zero2"),
+    "test_two_processes_match_one[zero3]": ("reference", "zero3"),
+    "test_two_processes_match_one[zero2_muon]": ("muon_reference", "zero2_muon"),
     "test_one_nonfinite_loss_is_skipped_and_counted": ("nonfinite_once",),
     "test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact": ("reference", "nonfinite_many"),
     "test_config_error_exit_status_from_a_process": ("bad_config",),
@@ -450,8 +467,10 @@ def ckpt(step: int) -> str:
 # ---------------------------------------------------------------------------------- tests
 
 
-def test_resume_after_sigkill_is_exact(runs, capsys):
-    ref, job = runs.get("reference"), runs.get("sigkill")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_sigkill_is_exact(runs, capsys, optimizer):
+    prefix = "" if optimizer == "adamw" else f"{optimizer}_"
+    ref, job = runs.get(f"{prefix}reference"), runs.get(f"{prefix}sigkill")
     ref["run"].expect(0)
     assert job["killed"].returncode == -signal.SIGKILL, f"the run ended before it was killed: {job['killed']}"
     at = job["at_kill"]
@@ -511,9 +530,10 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(runs):
     assert_same_weights(out, ref["out"])
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_processes_match_one(runs, stage):
-    ref, job = runs.get("reference"), runs.get(f"zero{stage}")
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_muon"])
+def test_two_processes_match_one(runs, name):
+    stage = int(name[4])
+    ref, job = runs.get("muon_reference" if name.endswith("muon") else "reference"), runs.get(name)
     job["run"].expect(0)
     out = job["out"]
     # The trainer all-reduces the losses: every rank, and metrics.jsonl, hold the loss of the whole
@@ -592,6 +612,9 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("model.dimm=8", ["dimm"]),
         ("deepspeed=training/deepspeed/zero9.json", ["deepspeed", "zero9.json"]),
         ("optim.betas=0.9", ["optim.betas"]),
+        ("optim.kind=sgd", ["optim.kind", "sgd"]),
+        ("optim.muon_lr=0", ["optim.muon_lr"]),
+        ("optim.muon_momentum=1", ["optim.muon_momentum"]),
         ("loss.time_std=0", ["loss.time_std"]),
         ("loss.time_mean_end=high", ["loss.time_mean_end", "high"]),
         ("model.prediction=x0", ["prediction", "x0"]),
@@ -615,6 +638,24 @@ def test_config_errors_name_the_key(tmp_path, capsys, override, names):
     for name in names:
         assert name in err, err
     assert not out.exists()  # rejected before anything was written
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["deepspeed=training/deepspeed/zero2.json"], "optim.grad_clip"),  # clipping on by default
+        (["deepspeed=training/deepspeed/zero1.json", "optim.grad_clip=0.5"], "optim.grad_clip"),
+        (["deepspeed=training/deepspeed/zero3.json", "optim.grad_clip=0"], "deepspeed"),
+        (["deepspeed=training/deepspeed/zero2_offload.json", "optim.grad_clip=0"], "optim.kind"),
+    ],
+)
+def test_muon_config_errors(overrides, key):
+    """Muon with what DeepSpeed gets wrong is refused on load: ZeRO 1-2 would clip the
+    orthogonalised update rather than the gradient, ZeRO-3 runs it per micro-batch and without a
+    reduce-scatter, and offloading has no Muon."""
+    load_config(None, ["optim.kind=muon", "optim.grad_clip=0", "deepspeed=training/deepspeed/zero2.json"])
+    with pytest.raises(ValueError, match=f"config.{key}"):
+        load_config(None, ["optim.kind=muon", *overrides])
 
 
 def test_trainer_applies_the_edge_weight(tmp_path):

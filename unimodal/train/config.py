@@ -29,17 +29,28 @@ DEFAULT_RECIPE = "shapes-tiny"
 
 @dataclass
 class OptimConfig:
-    """AdamW."""
+    """AdamW, or Muon for the transformer's hidden matrices and AdamW for the rest
+    (unimodal/train/optim.py). `lr`, `betas` and `eps` are AdamW's; `muon_lr` (in spectral norm
+    per update) and `muon_momentum` are Muon's; both take `weight_decay` and the schedule."""
 
+    kind: str = "adamw"
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float = 1.0
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
+        if self.kind not in ("adamw", "muon"):
+            raise ValueError(f"optim.kind must be adamw or muon, got {self.kind!r}")
         if self.lr <= 0 or len(self.betas) != 2 or self.grad_clip < 0:
             raise ValueError(f"optim: need lr > 0, two betas and grad_clip >= 0, got {self}")
+        if self.muon_lr <= 0:
+            raise ValueError(f"optim.muon_lr must be > 0, got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
 
 
 @dataclass
@@ -274,3 +285,24 @@ def check_references(cfg: TrainConfig) -> None:
         raise ValueError(f"config.deepspeed: cannot read {path}: {e}") from e
     if not isinstance(ds, dict):
         raise ValueError(f"config.deepspeed: {path} must hold a JSON object, got {type(ds).__name__}")
+    if cfg.optim.kind == "muon":
+        check_muon(cfg, ds.get("zero_optimization", {}))
+
+
+def check_muon(cfg: TrainConfig, zero: dict[str, Any]) -> None:
+    """Refuse Muon where DeepSpeed 0.19 would train it differently from one process (measured
+    in tests/test_train.py; docs/training.md, "Muon")."""
+    stage = zero.get("stage", 0)
+    if zero.get("offload_optimizer", {}).get("device") == "cpu":
+        raise ValueError("config.optim.kind: muon has no offloaded form; drop offload_optimizer or use adamw")
+    if stage == 3:
+        raise ValueError(
+            "config.deepspeed: muon under ZeRO-3 is not supported: DeepSpeed runs it on every micro-batch "
+            "(deepspeedai/DeepSpeed#8443) and only without a reduce-scatter; use ZeRO stage 0-2"
+        )
+    if stage and cfg.optim.grad_clip:
+        raise ValueError(
+            f"config.optim.grad_clip: under ZeRO stage {stage} DeepSpeed clips Muon's orthogonalised update "
+            "rather than the gradient, which shrinks every step (deepspeedai/DeepSpeed#8439); "
+            "set optim.grad_clip=0, or use ZeRO stage 0"
+        )

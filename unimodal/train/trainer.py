@@ -33,6 +33,7 @@ from ..precision import autocast_dtype
 from . import checkpoint
 from .config import TrainConfig, resolve_path
 from .ema import EMA
+from .optim import build_optimizer
 from .schedule import lr_factor
 
 
@@ -126,28 +127,9 @@ class Trainer:
         self.stream = batch_stream(cfg.data, self.tokenizer, self.model_cfg, self.rank, self.world)
         if cfg.data.prefetch:  # build batches in a thread (docs/training.md, "Building batches ahead")
             self.stream = Prefetcher(self.stream, cfg.data.prefetch)
-        opt_cfg = cfg.optim
         ds = deepspeed_config(cfg, self.world)
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
-        if offload:
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            opt = DeepSpeedCPUAdam(
-                model.parameters(),
-                lr=opt_cfg.lr,
-                betas=tuple(opt_cfg.betas),
-                eps=opt_cfg.eps,
-                weight_decay=opt_cfg.weight_decay,
-                adamw_mode=True,
-            )
-        else:
-            opt = torch.optim.AdamW(
-                model.parameters(),
-                lr=opt_cfg.lr,
-                betas=tuple(opt_cfg.betas),
-                eps=opt_cfg.eps,
-                weight_decay=opt_cfg.weight_decay,
-            )
+        opt = build_optimizer(model, cfg.optim, offload)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, cfg.train.max_steps))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=ds

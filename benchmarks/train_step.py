@@ -6,7 +6,8 @@
 The batches are the real ones of a recipe (default `shapes-tiny`: 32x32 scenes with captions, the
 main job's data, collated and packed as in training); the model is the recipe's model with the
 preset and width/depth given here. One step = the diffusion + text losses forward under autocast
-(or fp32), backward, AdamW step, as `unimodal.train` runs it without the DeepSpeed wrapper.
+(or fp32), backward, the optimizer's step (`optim.kind`: AdamW, or Muon with AdamW), as
+`unimodal.train` runs it without the DeepSpeed wrapper.
 
 - `model_flops_per_step`: counted from the architecture on the step's own layout: every linear
   layer's 2 x in x out per token it sees (forward hooks), plus attention 4 x head_dim x heads per
@@ -18,6 +19,7 @@ preset and width/depth given here. One step = the diffusion + text losses forwar
   and packed (the data pipeline's share, done on the main thread in training), reported beside
   `step_s` as `layout_fraction`; `collate_s` / `collate_fraction`: the collation and packing
   alone (tokenising, patches, the packed layout), what the data's source does not decide.
+- `optimizer_s`: the optimizer's step alone (gradient clipping, the update), inside `step_s`.
 - `compiles`: torch.compile graphs compiled during the timed steps (0 unless `--compile`), and
   `compiles_per_step` beside `rows_per_step` (packed rows vary from batch to batch): a steady
   state compiles nothing.
@@ -48,6 +50,7 @@ from unimodal.data.pipeline import batch_stream  # noqa: E402
 from unimodal.diffusion import Diffusion, losses  # noqa: E402
 from unimodal.precision import PRECISIONS, autocast_dtype, resolve_precision  # noqa: E402
 from unimodal.train.config import load_config  # noqa: E402
+from unimodal.train.optim import build_optimizer  # noqa: E402
 from unimodal.train.trainer import build_model_config, load_tokenizer  # noqa: E402
 
 
@@ -125,7 +128,7 @@ def main() -> None:
     mcfg = build_model_config(cfg, tokenizer)
     model = UnifiedModel(mcfg).to(device).train()
     diffusion = Diffusion(mcfg.diffusion)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    opt = build_optimizer(model, cfg.optim)
     stream = batch_stream(cfg.data, tokenizer, mcfg)
     collate, collate_times = stream.collator, []
 
@@ -138,13 +141,19 @@ def main() -> None:
     stream.collator = timed_collate
     run = torch.compile(model) if args.compile else model
 
+    optimizer_times = []
+
     def step(batch) -> float:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = losses(run, batch, diffusion)["loss"]
         loss.backward()
+        sync(device)
+        t0 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync(device)
+        optimizer_times.append(time.perf_counter() - t0)
         return loss.item()
 
     batches, layout_times = [], []
@@ -155,6 +164,7 @@ def main() -> None:
         batches.append(batch.to(device))
     for b in batches[: args.warmup]:
         step(b)
+    optimizer_times.clear()
     from torch._dynamo.utils import counters
 
     times, tokens, compiles_per_step = [], [], []
@@ -199,6 +209,8 @@ def main() -> None:
         "layout_fraction": statistics.median(layout_times) / step_s,
         "collate_s": statistics.median(collate_times),
         "collate_fraction": statistics.median(collate_times) / step_s,
+        "optimizer": cfg.optim.kind,
+        "optimizer_s": statistics.median(optimizer_times),
         "compiles": compiles,
         "compiles_per_step": compiles_per_step,
         "rows_per_step": [b.layout.shape[0] for b in batches[args.warmup :]],

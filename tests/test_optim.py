@@ -69,7 +69,10 @@ class Toy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(10, 8)
-        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 24), nn.LayerNorm(24), nn.Linear(24, 8))])
+        # two blocks: matrices of one shape in several layers
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 24), nn.LayerNorm(24), nn.Linear(24, 8)) for _ in range(2)
+        )
         self.head = nn.Linear(8, 5)
 
 
@@ -80,7 +83,7 @@ def test_muon_step_matches_the_reference():
     opt = build_optimizer(model, cfg)
     named = dict(model.named_parameters())
     muon = {n for n, p in named.items() if p.use_muon}
-    assert muon == {"blocks.0.0.weight", "blocks.0.2.weight"}
+    assert muon == {f"blocks.{i}.{j}.weight" for i in (0, 1) for j in (0, 2)}
 
     # the reference: SGD momentum (Nesterov), orthogonalised, scaled by sqrt(max(1, rows/cols));
     # torch's AdamW for the rest

@@ -5,8 +5,9 @@ replaces each matrix's update by its nearest semi-orthogonal matrix (a Newton-Sc
 every direction of a weight moves at the same rate. It is meant for hidden matrices only: here the
 2-D weights inside `blocks` (attention, MLP and AdaLN modulation). Embeddings, the output layers,
 norms and biases stay with AdamW. The optimizer is DeepSpeed's own `MuonWithAuxAdam`, which ZeRO
-stages 1-3 know how to shard (they orthogonalise each matrix whole before partitioning its update);
-DeepSpeed reads the `use_muon` flag set here on every parameter.
+stages 1-2 shard (they orthogonalise each matrix whole before partitioning its update); DeepSpeed
+reads the `use_muon` flag set here on every parameter. Where DeepSpeed trains Muon wrong (clipping
+under ZeRO 1-2, ZeRO-3, offload) the config is refused on load (`config.check_muon`).
 """
 
 from __future__ import annotations

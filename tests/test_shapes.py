@@ -1,6 +1,7 @@
 """The built-in `shapes` world: determinism, well-formed documents, captions that read back,
 stories whose edits do what they say, videos that move as stated."""
 
+import hashlib
 import json
 import re
 
@@ -123,6 +124,21 @@ def test_scene_default_and_options():
     assert seen == set(COLORS)
     assert {o["color"] for i in range(100) for o in ShapesDataset(n=100)[i].meta["scene"]["objects"]} <= set(COLORS[:6])
 
+
+
+def test_object_weights_shift_the_counts_and_leave_the_default_stream_alone():
+    """`object_weights` draws object counts at the stated odds (here 1:0:3, so no two-object
+    scenes and three times as many of three as of one); without it the documents are those of
+    before the option existed (a fixed hash of the first scenes), and bad weights are refused."""
+    ds = ShapesDataset(n=400, object_weights=[1, 0, 3])
+    counts = np.bincount([len(ds[i].meta["scene"]["objects"]) for i in range(400)], minlength=4)
+    assert counts[0] == counts[2] == 0 and 270 < counts[3] < 330 and counts[1] + counts[3] == 400
+    scenes = [ShapesDataset(n=20)[i].meta["scene"]["objects"] for i in range(20)]
+    digest = hashlib.sha256(json.dumps(scenes, sort_keys=True, default=str).encode()).hexdigest()
+    assert digest[:16] == "b6ad952f995809f7"  # the first 20 default scenes, as made at fe38174
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1], "abc", 3):
+        with pytest.raises(ValueError, match="object_weights"):
+            ShapesDataset(object_weights=bad)
 
 def test_colours_well_separated():
     rgb = np.array(list(PALETTE.values()), float)

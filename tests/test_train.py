@@ -629,6 +629,9 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("model.sigma_data=-0.5", ["sigma_data"]),
         ("data.prefetch=-1", ["data.prefetch"]),
         ("data.prefetch=null", ["data.prefetch", "None"]),
+        ("data.options.object_weights=[1,2]", ["data", "object_weights", "[1, 2]"]),
+        ("data.options.colorz=3", ["data", "colorz"]),
+        ("data.task=nope", ["data", "nope"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, capsys, override, names):

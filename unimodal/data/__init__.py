@@ -26,12 +26,29 @@ def load_builtin(
     if name == "digits":
         from .digits import DigitsDataset
 
-        if task not in (None, "t2i"):
-            raise ValueError(f"digits has one task, 't2i' (text then image), got {task!r}")
-        if options:
-            raise TypeError(f"digits takes no options, got {sorted(options)}")
+        _check_digits(task, options)
         return DigitsDataset(split=split, n=n)
     raise KeyError(f"unknown built-in dataset {name!r}; built-ins are {BUILTINS}")
 
 
-__all__ = ["BUILTINS", "load_builtin"]
+def check_builtin(name: str, split: str = "train", task: str | None = None, **options) -> None:
+    """Raise the error `load_builtin` would for these arguments, without making or loading data,
+    so a config is refused on load rather than when training starts."""
+    if name == "shapes":
+        from .shapes import ShapesDataset
+
+        ShapesDataset(task=task or "scenes", split=split, n=0, **options)  # its constructor checks, generates nothing
+    elif name == "digits":
+        _check_digits(task, options)
+    else:
+        raise KeyError(f"unknown built-in dataset {name!r}; built-ins are {BUILTINS}")
+
+
+def _check_digits(task: str | None, options: dict) -> None:
+    if task not in (None, "t2i"):
+        raise ValueError(f"digits has one task, 't2i' (text then image), got {task!r}")
+    if options:
+        raise TypeError(f"digits takes no options, got {sorted(options)}")
+
+
+__all__ = ["BUILTINS", "check_builtin", "load_builtin"]

@@ -23,7 +23,7 @@ import numpy as np
 from ..configtools import build
 from ..documents import Document
 from ..layout import Batch
-from . import load_builtin
+from . import check_builtin, load_builtin
 from .collate import CollateConfig, Collator
 from .formats import DataSource, DocumentReader, load_documents
 from .order import ShuffleBuffer, ShuffledOrder
@@ -48,6 +48,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if (self.builtin is None) == (self.source is None):
             raise ValueError("data: give exactly one of `builtin` (shapes, digits) or `source` (your files)")
+        if self.builtin is not None:
+            try:
+                check_builtin(self.builtin, split=self.split, task=self.task, **self.options)
+            except (KeyError, TypeError, ValueError) as e:
+                msg = e.args[0] if e.args else e
+                raise ValueError(f"data (builtin {self.builtin!r}, task, split or options): {msg}") from None
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.shuffle_buffer < 1:

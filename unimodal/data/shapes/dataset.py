@@ -40,22 +40,33 @@ class ShapesDataset(Sequence):
     ever appear in `test`, for compositional generalisation). Per task:
 
     - `t2i`, `caption`, `scenes`: `min_objects`, `max_objects` (1..1 at 16x16 for t2i/caption;
-      1..3 at 32x32 for scenes), `repeat_prob` (0.3: chance that objects share colour and shape, so
-      captions with counts occur), `order` ("text_first" or "image_first"; scenes only);
-    - `story`: `min_objects` 1, `max_objects` 3, `min_edits` 1, `max_edits` 3, `edits` (subset of
-      add, remove, move, recolor), `with_caption` (False: start with a caption of the first image);
+      1..3 at 32x32 for scenes), `object_weights` (relative odds of each object count from
+      `min_objects` to `max_objects`; default None, every count equally likely), `repeat_prob`
+      (0.3: chance that objects share colour and shape, so captions with counts occur), `order`
+      ("text_first" or "image_first"; scenes only);
+    - `story`: `min_objects` 1, `max_objects` 3, `object_weights` (of the first scene),
+      `min_edits` 1, `max_edits` 3, `edits` (subset of add, remove, move, recolor),
+      `with_caption` (False: start with a caption of the first image);
     - `video`: `frames` 4, `step` (pixels per frame; default fits the path in the image),
       `directions`, `size_prob` 0.5 (how often the caption names the size).
     """
 
     _DEFAULTS: dict[str, dict[str, Any]] = {
-        "t2i": {"image_size": 16, "min_objects": 1, "max_objects": 1, "repeat_prob": 0.3},
-        "caption": {"image_size": 16, "min_objects": 1, "max_objects": 1, "repeat_prob": 0.3},
-        "scenes": {"image_size": 32, "min_objects": 1, "max_objects": 3, "repeat_prob": 0.3, "order": "text_first"},
+        "t2i": {"image_size": 16, "min_objects": 1, "max_objects": 1, "object_weights": None, "repeat_prob": 0.3},
+        "caption": {"image_size": 16, "min_objects": 1, "max_objects": 1, "object_weights": None, "repeat_prob": 0.3},
+        "scenes": {
+            "image_size": 32,
+            "min_objects": 1,
+            "max_objects": 3,
+            "object_weights": None,
+            "repeat_prob": 0.3,
+            "order": "text_first",
+        },
         "story": {
             "image_size": 32,
             "min_objects": 1,
             "max_objects": 3,
+            "object_weights": None,
             "repeat_prob": 0.3,
             "min_edits": 1,
             "max_edits": 3,
@@ -122,6 +133,17 @@ class ShapesDataset(Sequence):
         if not 1 <= lo <= hi <= cap:
             need = " (more than one object needs image_size >= 30)" if hi > 1 and not self.geo.scene else ""
             raise ValueError(f"shapes needs 1 <= min_objects <= max_objects <= {cap}, got {lo}..{hi}{need}")
+        if o["object_weights"] is not None:
+            try:
+                w = np.asarray(o["object_weights"], dtype=np.float64)
+            except (TypeError, ValueError):
+                w = np.empty(0)
+            if w.shape != (hi - lo + 1,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(
+                    f"shapes object_weights must be {hi - lo + 1} finite non-negative numbers, one per object count "
+                    f"{lo}..{hi}, not all zero; got {o['object_weights']!r}"
+                )
+            self.object_p = w / w.sum()
         if "order" in o and o["order"] not in ("text_first", "image_first"):
             raise ValueError(f"shapes order must be 'text_first' or 'image_first', got {o['order']!r}")
         if self.task == "story":
@@ -198,7 +220,13 @@ class ShapesDataset(Sequence):
         """A random scene `{"objects": [...]}` under this dataset's options and split."""
         o = self.opts
         for _ in range(10000):
-            n = int(rng.integers(o["min_objects"], o["max_objects"] + 1))
+            lo, hi = o["min_objects"], o["max_objects"]
+            # every count equally likely unless weighted (the unweighted draw keeps older datasets bit for bit)
+            n = int(
+                rng.integers(lo, hi + 1)
+                if o["object_weights"] is None
+                else lo + rng.choice(hi - lo + 1, p=self.object_p)
+            )
             cells = [CELLS[int(k)] for k in rng.choice(9, size=n, replace=False)]
             objs = [self._object(rng, c) for c in cells]
             if n > 1 and rng.random() < o["repeat_prob"]:

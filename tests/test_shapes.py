@@ -125,7 +125,6 @@ def test_scene_default_and_options():
     assert {o["color"] for i in range(100) for o in ShapesDataset(n=100)[i].meta["scene"]["objects"]} <= set(COLORS[:6])
 
 
-
 def test_object_weights_shift_the_counts_and_leave_the_default_stream_alone():
     """`object_weights` draws object counts at the stated odds (here 1:0:3, so no two-object
     scenes and three times as many of three as of one); without it the documents are those of
@@ -139,6 +138,7 @@ def test_object_weights_shift_the_counts_and_leave_the_default_stream_alone():
     for bad in ([1, 1], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1], "abc", 3):
         with pytest.raises(ValueError, match="object_weights"):
             ShapesDataset(object_weights=bad)
+
 
 def test_colours_well_separated():
     rgb = np.array(list(PALETTE.values()), float)

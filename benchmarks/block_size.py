@@ -3,12 +3,13 @@ diffusion, at an equal training budget.
 
     python benchmarks/block_size.py --steps 300 --out benchmarks/results/block_size.json
 
-The main job's recipe (`shapes-tiny`: 32x32 scenes, patch 4, an 8x8 patch grid) is trained once
-per block size with everything else equal, the same number of steps on the same batches (the
+The main job's recipe (`shapes-tiny`: 32x32 scenes in patches of 8, a 4x4 patch grid) is trained
+once per block size with everything else equal, the same number of steps on the same batches (the
 tokens per step do not depend on the block size: every patch has one clean and, when trained, one
 noisy copy), then evaluated with `unimodal eval` on the same held-out prompts and images. Block
-sizes are tiles of b x b patches: 1 (64 blocks of one patch: token-wise autoregression), 2 (16
-blocks, the default), 4 (4 blocks) and 8 (one block: whole-image diffusion, DiT-like).
+sizes are tiles of b x b patches: 1 (16 blocks of one patch, the recipe's default: patch-wise
+autoregression), 2 (4 blocks) and 4 (one block: whole-image diffusion, DiT-like). The number of
+blocks per image is read from the recipe and overrides (`model.image_size`, `model.patch_size`).
 
 Sampling time is the wall time of `Pipeline.text_to_image` for `--prompts` prompts in one batch
 with the evaluation's steps and guidance, median of three, after a warm-up. Results: one JSON
@@ -34,9 +35,21 @@ from common import write_json  # noqa: E402
 TASKS = ["shapes-scenes-t2i", "shapes-scenes-caption", "val-loss"]
 
 
-def train(block: int, steps: int, out: Path, extra: list[str]) -> float:
-    """Train the recipe at tiles of `block` patches into `out`; returns the wall time."""
-    cmd = ["unimodal", "train", "--out", str(out), f"model.block_size={block}", f"train.max_steps={steps}"]
+def blocks_per_image(block: int, recipe: str, overrides: list[str]) -> int:
+    """How many blocks of `block` x `block` patches tile one image of the recipe."""
+    from unimodal.train.config import load_config
+
+    model = load_config(recipe, overrides).model
+    grid = model["image_size"] // model["patch_size"]
+    if grid % block:
+        raise SystemExit(f"--blocks {block}: the patch grid is {grid}x{grid}, which tiles of {block} do not divide")
+    return (grid // block) ** 2
+
+
+def train(recipe: str, block: int, steps: int, out: Path, extra: list[str]) -> float:
+    """Train `recipe` at tiles of `block` patches into `out`; returns the wall time."""
+    cmd = ["unimodal", "train", "--config", recipe, "--out", str(out), f"model.block_size={block}"]
+    cmd += [f"train.max_steps={steps}"]
     cmd += [f"train.checkpoint_every={steps}", "sample.prompts=[]", "sample.captions=0", "eval.tasks=[]", *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -64,21 +77,23 @@ def sampling_time(model_dir: Path, prompts: int, steps: int, guidance: float) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--recipe", default="shapes-tiny")
+    ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--eval-steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--guidance", type=float, default=1.5, help="the recipe's evaluation guidance")
     ap.add_argument("--prompts", type=int, default=16, help="batch of the sampling-time measurement")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "block_size")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plot", type=Path)
     ap.add_argument("overrides", nargs="*", help="recipe overrides applied to every run")
     args = ap.parse_args()
+    tiles = {b: blocks_per_image(b, args.recipe, args.overrides) for b in args.blocks}  # refuse before training
     rows = []
     for b in args.blocks:
         run_dir = args.runs / f"block{b}"
-        train_s = train(b, args.steps, run_dir, args.overrides)
+        train_s = train(args.recipe, b, args.steps, run_dir, args.overrides)
         eval_json = run_dir / "eval.json"
         cmd = ["unimodal", "eval", str(run_dir), "--out", str(eval_json), "--samples", str(args.samples)]
         cmd += ["--steps", str(args.eval_steps), "--guidance", str(args.guidance)]
@@ -92,7 +107,7 @@ def main() -> None:
         rows.append(
             {
                 "block": b,
-                "blocks_per_image": (8 // b) ** 2,
+                "blocks_per_image": tiles[b],
                 "train_s": train_s,
                 "train_image_loss_last20": statistics.mean(r["image"] for r in last),
                 "train_text_loss_last20": statistics.mean(r["text"] for r in last),
@@ -109,6 +124,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
         result = {
             "benchmark": "block_size",
+            "recipe": args.recipe,
             "steps": args.steps,
             "samples": args.samples,
             "eval_steps": args.eval_steps,

@@ -2,6 +2,7 @@
 diffusion, at an equal training budget.
 
     python benchmarks/block_size.py --steps 300 --out benchmarks/results/block_size.json
+    python benchmarks/block_size.py --report benchmarks/results/block_size.json --plot study.png
 
 The main job's recipe (`shapes-tiny`: 32x32 scenes in patches of 8, a 4x4 patch grid) is trained
 once per block size with everything else equal, the same number of steps on the same batches (the
@@ -87,8 +88,12 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "block_size")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--report", type=Path, help="print and plot an earlier study's JSON; trains nothing")
     ap.add_argument("overrides", nargs="*", help="recipe overrides applied to every run")
     args = ap.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()), args.plot)
+        return
     tiles = {b: blocks_per_image(b, args.recipe, args.overrides) for b in args.blocks}  # refuse before training
     rows = []
     for b in args.blocks:
@@ -134,27 +139,35 @@ def main() -> None:
             "results": rows,
         }
         write_json(result, args.out)  # rewritten after every block size: a long study keeps what it has
+    report(result, args.plot)
+
+
+def report(result: dict, plot: Path | None) -> None:
+    """Print the study's Markdown table and, with `plot`, draw quality and sampling time per block size."""
+    rows = result["results"]
     keys = ["block", "blocks_per_image", "val_image_loss", "t2i_recall", "t2i_precision", "t2i_count_accuracy"]
     keys += ["t2i_correct", "caption_exact", "sampling_s", "train_s"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
-    if args.plot:
-        import matplotlib
+    if plot is None:
+        return
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        x = [r["blocks_per_image"] for r in rows]
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-        for k in ("t2i_recall", "t2i_precision", "t2i_count_accuracy", "caption_exact"):
-            ax[0].plot(x, [r[k] for r in rows], marker="o", label=k)
-        ax[0].set(xscale="log", xlabel="blocks per image", title=f"quality after {args.steps} steps")
-        ax[0].legend(fontsize=7)
-        ax[1].plot(x, [r["sampling_s"] for r in rows], marker="o")
-        ax[1].set(xscale="log", xlabel="blocks per image", ylabel="s", title=f"sampling {args.prompts} images")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=100)
+    x = [r["blocks_per_image"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for k in ("t2i_correct", "t2i_recall", "t2i_precision", "t2i_count_accuracy", "caption_exact"):
+        ax[0].plot(x, [r[k] for r in rows], marker="o", label=k)
+    ax[0].set(xscale="log", xlabel="blocks per image", title=f"quality after {result['steps']} steps")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(x, [r["sampling_s"] for r in rows], marker="o")
+    ax[1].set(xscale="log", xlabel="blocks per image", ylabel="s")
+    ax[1].set(title=f"sampling {result['sampling_prompts']} images")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=100)
 
 
 if __name__ == "__main__":

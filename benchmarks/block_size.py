@@ -10,7 +10,7 @@ tokens per step do not depend on the block size: every patch has one clean and, 
 noisy copy), then evaluated with `unimodal eval` on the same held-out prompts and images. Block
 sizes are tiles of b x b patches: 1 (16 blocks of one patch, the recipe's default: patch-wise
 autoregression), 2 (4 blocks) and 4 (one block: whole-image diffusion, DiT-like). The number of
-blocks per image is read from the recipe and overrides (`model.image_size`, `model.patch_size`).
+blocks per image is read from the recipe and overrides (the model's patch grid and block kind).
 
 Sampling time is the wall time of `Pipeline.text_to_image` for `--prompts` prompts in one batch
 with the evaluation's steps and guidance, median of three, after a warm-up. Results: one JSON
@@ -37,14 +37,15 @@ TASKS = ["shapes-scenes-t2i", "shapes-scenes-caption", "val-loss"]
 
 
 def blocks_per_image(block: int, recipe: str, overrides: list[str]) -> int:
-    """How many blocks of `block` x `block` patches tile one image of the recipe."""
+    """How many blocks one image (or clip) of `recipe` has at `model.block_size=block`."""
     from unimodal.train.config import load_config
+    from unimodal.train.trainer import build_model_config
 
-    model = load_config(recipe, overrides).model
-    grid = model["image_size"] // model["patch_size"]
-    if grid % block:
-        raise SystemExit(f"--blocks {block}: the patch grid is {grid}x{grid}, which tiles of {block} do not divide")
-    return (grid // block) ** 2
+    try:  # the config refuses, on load, blocks that do not tile the grid
+        model = build_model_config(load_config(recipe, [*overrides, f"model.block_size={block}"]), None)
+    except ValueError as e:
+        raise SystemExit(f"--blocks {block}: {e}") from e
+    return model.block_spec.num_blocks(model.grid)
 
 
 def train(recipe: str, block: int, steps: int, out: Path, extra: list[str]) -> float:

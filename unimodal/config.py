@@ -25,6 +25,7 @@ PREDICTIONS = ("target", "sample", "preconditioned")
 ATTENTION_BACKENDS = ("auto", "dense", "flex", "xformers")
 ROPE_MODES = ("axial", "official")
 ABS_POS = ("none", "sincos")
+RESIDUAL_INITS = ("xavier", "zero")
 BLOCK_KINDS = ("tiles", "rows", "frames")
 
 
@@ -63,6 +64,7 @@ class ModelConfig:
     rope_sections: list[int] = field(default_factory=list)
     rope_theta: list[float] = field(default_factory=lambda: [10000.0, 10000.0, 10000.0])
     abs_pos: str = "none"
+    residual_init: str = "xavier"
     align_layer: int = 0
     timestep_freq_dim: int = 256
     attention: str = "auto"
@@ -77,6 +79,7 @@ class ModelConfig:
             "attention": ATTENTION_BACKENDS,
             "rope": ROPE_MODES,
             "abs_pos": ABS_POS,
+            "residual_init": RESIDUAL_INITS,
             "block_kind": BLOCK_KINDS,
         }
         for key, allowed in choices.items():

@@ -214,7 +214,8 @@ class UnifiedModel(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT-style: xavier-uniform linears, N(0, 0.02) embeddings, zero AdaLN and diffusion output."""
+        """DiT-style: xavier-uniform linears, N(0, 0.02) embeddings, zero AdaLN and diffusion output;
+        with `residual_init: zero` also zero attention and MLP output projections (as modded-nanogpt)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -230,6 +231,9 @@ class UnifiedModel(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.adaLN_modulation[-1].weight)
             nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+            if self.cfg.residual_init == "zero":  # every block starts as the identity, clean tokens too
+                nn.init.zeros_(blk.attn.proj.weight)
+                nn.init.zeros_(blk.mlp.fc2.weight)
         for lin in self.final_layer.adaLN_modulation[-1], self.final_layer.linear:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)

@@ -52,3 +52,28 @@ def test_load_reports_bad_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         ModelConfig.load(bad)
+
+
+def test_zero_residual_init_starts_every_block_as_the_identity():
+    """`residual_init: zero`: at initialisation the trunk returns its input embedding (every block
+    the identity), and one optimizer step moves the zeroed projections off zero."""
+    from test_diffusion import make_batch
+
+    from unimodal.diffusion import Diffusion, losses
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("micro", residual_init="zero")
+    model = UnifiedModel(cfg)
+    seen = {}
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.update(first_in=args[0]))
+    model.blocks[-1].register_forward_hook(lambda m, args, out: seen.update(last_out=out))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses(model, make_batch(cfg), Diffusion("flow"), torch.Generator().manual_seed(0))["loss"].backward()
+    torch.testing.assert_close(seen["last_out"], seen["first_in"], rtol=0, atol=0)
+    opt.step()
+    for blk in model.blocks:
+        assert blk.attn.proj.weight.abs().sum() > 0 and blk.mlp.fc2.weight.abs().sum() > 0
+    assert UnifiedModel(ModelConfig.from_preset("micro")).blocks[0].attn.proj.weight.abs().sum() > 0
+    # without text, the zero projections and the zero AdaLN gates would hold each other at zero
+    with pytest.raises(ValueError, match="residual_init 'zero' needs a text vocabulary"):
+        ModelConfig.from_preset("micro", residual_init="zero", vocab_size=0)

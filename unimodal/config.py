@@ -88,6 +88,11 @@ class ModelConfig:
         for key in ("dim", "depth", "heads", "channels", "patch_size", "image_size", "frames", "block_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"ModelConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.residual_init == "zero" and not self.vocab_size:
+            raise ValueError(
+                "ModelConfig.residual_init 'zero' needs a text vocabulary (vocab_size > 0): the text loss is what "
+                "moves the zeroed projections off zero; without it they and the zero AdaLN gates stay zero together"
+            )
         if not 0 <= self.align_layer <= self.depth or self.align_layer and self.depth < 2:
             raise ValueError(
                 f"ModelConfig.align_layer must be 0 (off) or a layer in 1..depth ({self.depth}) of a model with "

@@ -38,6 +38,13 @@ class ModelConfig:
     turns into the velocity (x_t - x̂0) / max(t, 0.05) before returning it: x-prediction trained
     with the velocity loss ("Back to Basics: Let Denoising Generative Models Denoise", 2025), with
     the losses, samplers, guidance and caches unchanged.
+
+    `self_condition` (flow only) gives noisy tokens a second input: the model's own previous clean
+    estimate x̂0 of the block, through a zero-initialised projection (zero when there is none).
+    The sampler feeds each call the x̂0 of the call before it; training feeds the estimate of a
+    first forward without gradients on some micro-batches and zero on the others (`loss.self_cond_every`;
+    "Analog Bits", Chen et al. 2022): later steps refine what earlier steps decided instead of
+    deciding it again.
     """
 
     dim: int = 256
@@ -66,6 +73,7 @@ class ModelConfig:
     abs_pos: str = "none"
     residual_init: str = "xavier"
     align_layer: int = 0
+    self_condition: bool = False
     timestep_freq_dim: int = 256
     attention: str = "auto"
     grad_checkpointing: bool = False
@@ -102,6 +110,8 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.prediction {self.prediction!r} needs diffusion 'flow', got {self.diffusion!r}"
             )
+        if self.self_condition and self.diffusion != "flow":
+            raise ValueError(f"ModelConfig.self_condition needs diffusion 'flow', got {self.diffusion!r}")
         if not self.sigma_data > 0:
             raise ValueError(f"ModelConfig.sigma_data must be > 0, got {self.sigma_data}")
         if self.dim % self.heads:

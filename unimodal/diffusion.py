@@ -77,6 +77,13 @@ class Diffusion:
         return (1 - tt) * x0 + tt * eps, eps - x0
 
 
+def sample_from_velocity(v: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """The clean estimate x̂0 = x_t - t·v on the flow path x_t = (1 - t)·x0 + t·ε, velocity v = ε - x0,
+    in float32. v, xt (n, D); t (n,) per row, or one time for all."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=xt.device)
+    return xt.float() - (t.unsqueeze(-1) if t.dim() else t) * v.float()
+
+
 @dataclass
 class NoisedBatch:
     """Model inputs for one training step: patches with noisy copies replaced by x_t, per-block t,
@@ -200,6 +207,7 @@ def losses(
     weighting: str = "none",
     edge_weight: float = 0.0,
     patch_shape: tuple[int, int] | None = None,
+    self_cond: bool = False,
 ) -> dict[str, torch.Tensor]:
     """{'loss', 'text', 'image', 'align', 'text_count', 'image_count'}: the weighted total, each
     term's mean (float32) and how many targets each modality has (text tokens; noisy values).
@@ -228,21 +236,32 @@ def losses(
     first forward without gradients: the later blocks learn to continue the soft, slightly wrong
     blocks the model itself draws at inference (teacher forcing's exposure bias), at the cost of
     that forward.
+
+    `self_cond` (a model with `self_condition`): a first forward without gradients estimates every
+    noisy block's clean patches, and the forward that trains reads those estimates as the
+    previous step's; without it the model trains reading zero, as at a sampler's first step.
     """
     lay = batch.layout
     labels = batch.block_label if labels is None else labels
 
     model_context = diffusion.context == "model" and diffusion.context_noise > 0
     # both forwards read one layout: its mask and RoPE tables are built once
-    plan = getattr(model, "module", model).plan(lay) if model_context else None
+    plan = getattr(model, "module", model).plan(lay) if model_context or self_cond else None
 
     def reconstruct(patches: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             v = model(batch.tokens, patches, lay, t=s, labels=labels, plan=plan).pred
-        return patches[lay.noisy] - s[lay.block[lay.noisy]].unsqueeze(-1).to(v.dtype) * v
+        return sample_from_velocity(v, patches[lay.noisy], s[lay.block[lay.noisy]])
 
     nb = noise_batch(batch, diffusion, generator, reconstruct if model_context else None)
-    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels, plan=plan)
+    estimate = None
+    if self_cond and lay.noisy.any():
+        if diffusion.kind != "flow":
+            raise ValueError("self-conditioning needs a flow model")
+        with torch.no_grad():
+            v = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels, plan=plan).pred
+            estimate = sample_from_velocity(v, nb.patches[lay.noisy], nb.t[lay.block[lay.noisy]])
+    out = model(batch.tokens, nb.patches, lay, t=nb.t, labels=labels, plan=plan, self_cond=estimate)
     zero = torch.zeros((), device=nb.patches.device)
     image_sum, image_count = zero, 0
     if weighting not in ("none", "sample") or weighting == "sample" and diffusion.kind != "flow":

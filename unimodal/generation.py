@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .diffusion import sample_from_velocity
 from .guidance import GuidanceSchedule, apply
 from .layout import PAD, TEXT, VISUAL, Layout
 from .model import UnifiedModel
@@ -80,10 +81,13 @@ class Engine:
         commit: list[bool],
         t: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One forward: query row q appends `segs[q]` to cache row `cache_rows[q]` (committing its
         clean tokens if `commit[q]`). Returns the noisy predictions (Rq, B, D) of the rows' noisy
-        blocks (or None) and the logits (Rq, vocab) at each row's last text token (or None)."""
+        blocks (or None) and the logits (Rq, vocab) at each row's last text token (or None).
+        `self_cond` (Rq, B, D): the previous clean estimates of the rows' noisy blocks."""
+        sc = None if self_cond is None else self_cond.reshape(-1, self_cond.shape[-1]).to(self.device)
         chunks = [self._chunk(c, s) for c, s in zip(cache_rows, segs, strict=True)]
         for c, s, keep in zip(cache_rows, segs, commit, strict=True):
             if keep:
@@ -94,13 +98,21 @@ class Engine:
             lay, tokens, patches, commit_mask = self._pack(chunks, commit)
             rows_t = torch.tensor(cache_rows, device=self.device)
             out = self.model(
-                tokens, patches, lay, t=t, labels=labels, cache=self.cache, commit=commit_mask, cache_rows=rows_t
+                tokens,
+                patches,
+                lay,
+                t=t,
+                labels=labels,
+                cache=self.cache,
+                commit=commit_mask,
+                cache_rows=rows_t,
+                self_cond=sc,
             )
         else:  # the whole prefix again, through the training forward
             starts = [len(self.history[c].get("unit", ())) for c in cache_rows]
             full = [_cat(self.history[c], ch) for c, ch in zip(cache_rows, chunks, strict=True)]
             lay, tokens, patches, _ = self._pack(full, None)
-            out = self.model(tokens, patches, lay, t=t, labels=labels, backend="dense")
+            out = self.model(tokens, patches, lay, t=t, labels=labels, backend="dense", self_cond=sc)
             for c, ch, keep in zip(cache_rows, chunks, commit, strict=True):
                 if keep:
                     clean = ~ch["noisy"]
@@ -108,15 +120,22 @@ class Engine:
         return self._outputs(out, lay, starts, [len(ch["unit"]) for ch in chunks])
 
     def denoise(
-        self, cache_rows: list[int], k: int, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+        self,
+        cache_rows: list[int],
+        k: int,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """A denoising step that commits nothing: block k's noisy values x (Rq, B, D) of query rows
-        reading `cache_rows`; returns the predictions (Rq, B, D). With the cache, the step's layout
-        and `ForwardPlan` (mask, cache view, RoPE tables) are built once per block and row set and
-        reused by the sampler's later steps; only x and t change between them."""
+        reading `cache_rows` (and their previous clean estimates `self_cond`, alike); returns the
+        predictions (Rq, B, D). With the cache, the step's layout and `ForwardPlan` (mask, cache
+        view, RoPE tables) are built once per block and row set and reused by the sampler's later
+        steps; only x and t change between them."""
         if not self.use_cache:
             segs = [[BlockSeg(k, x[q], noisy=True)] for q in range(len(cache_rows))]
-            return self.run(cache_rows, segs, [False] * len(cache_rows), t=t, labels=labels)[0]
+            return self.run(cache_rows, segs, [False] * len(cache_rows), t=t, labels=labels, self_cond=self_cond)[0]
         key = (k, tuple(cache_rows))
         if key not in self._plans or not self._plans[key][2].reusable():
             if any(other[0] != k for other in self._plans):
@@ -126,7 +145,8 @@ class Engine:
             plan = self.model.plan(lay, self.cache, cache_rows=torch.tensor(cache_rows, device=self.device))
             self._plans[key] = (lay, tokens, plan)
         lay, tokens, plan = self._plans[key]
-        out = self.model(tokens, x.to(self.device, self.dtype), lay, t=t, labels=labels, plan=plan)
+        sc = None if self_cond is None else self_cond.reshape(-1, x.shape[-1]).to(self.device)
+        out = self.model(tokens, x.to(self.device, self.dtype), lay, t=t, labels=labels, plan=plan, self_cond=sc)
         return out.pred.view(x.shape)
 
     def _chunk(self, c: int, segs: list[TextSeg | BlockSeg]) -> dict[str, torch.Tensor]:
@@ -269,9 +289,12 @@ class Engine:
         both = rows + (uncond_rows if mode == "text" else [])
         clean: list[torch.Tensor] = []  # blocks generated here; the last one is not committed yet
         unit_t = sampler.unit_timesteps  # guidance intervals are stated in [0, 1] (1 = noise) for every model
+        estimate: list[torch.Tensor | None] = [None]  # self-conditioning: the block's last (guided) x̂0
 
         def fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             k = first + len(clean)
+            if i == 0:
+                estimate[0] = None
             prev = [BlockSeg(k - 1, clean[-1][q], noisy=False) for q in range(g)] if (i == 0 and clean) else None
             guided = mode is not None and guidance is not None and guidance.needs_uncond(i, len(unit_t), unit_t[i])
             branches = [(rows, y, True)]
@@ -286,14 +309,17 @@ class Engine:
                 lab.append(br_labels)
             tt = torch.full((len(cache_rows),), float(t), device=self.device)
             lab = torch.cat(lab).to(self.device)
+            sc = None if estimate[0] is None else estimate[0].repeat(len(branches), 1, 1)
             if prev is None:  # nothing to commit: the same layout as the block's other steps
-                pred = self.denoise(cache_rows, k, x.repeat(len(branches), 1, 1), tt, lab)
+                pred = self.denoise(cache_rows, k, x.repeat(len(branches), 1, 1), tt, lab, sc)
             else:
-                pred, _ = self.run(cache_rows, segs, commit, t=tt, labels=lab)
+                pred, _ = self.run(cache_rows, segs, commit, t=tt, labels=lab, self_cond=sc)
             pred = pred.float().cpu()
-            if not guided:
-                return pred[:g]
-            return apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, unit_t[i]))
+            if guided:
+                pred = apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, unit_t[i]))
+            if self.cfg.self_condition:
+                estimate[0] = sample_from_velocity(pred[:g], x, t)
+            return pred[:g]
 
         for k in range(first, n_blocks):
             if window is not None and k - window > 0:

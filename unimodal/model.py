@@ -196,6 +196,8 @@ class UnifiedModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.x_embedder = nn.Linear(cfg.patch_dim, cfg.dim, bias=False)
+        # the previous clean estimate x̂0 of a noisy token (self-conditioning), added to its input
+        self.sc_embedder = nn.Linear(cfg.patch_dim, cfg.dim, bias=False) if cfg.self_condition else None
         self.t_embedder = TimestepEmbedder(cfg.dim, cfg.timestep_freq_dim)
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.num_classes else None
         self.tok_embedder = nn.Embedding(cfg.vocab_size, cfg.dim) if cfg.vocab_size else None
@@ -237,6 +239,8 @@ class UnifiedModel(nn.Module):
         for lin in self.final_layer.adaLN_modulation[-1], self.final_layer.linear:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        if self.sc_embedder is not None:  # starts as the model without self-conditioning
+            nn.init.zeros_(self.sc_embedder.weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -255,10 +259,12 @@ class UnifiedModel(nn.Module):
         """Each block's modulation table (NB + 1, 6*dim; the last row is the identity of clean
         tokens) and the diffusion head's (NB, 2*dim), for per-block times t (NB,) and labels.
 
-        Without gradients the rows are remembered per distinct (t, label) for as long as the
-        weights stay the same: a sampler runs the same few timesteps for every block of every
-        image, and these matrix-vector products are a fixed cost of each small denoising step."""
-        if not torch.is_grad_enabled():
+        In eval mode without gradients the rows are remembered per distinct (t, label) for as long
+        as the weights stay the same: a sampler runs the same few timesteps for every block of
+        every image, and these matrix-vector products are a fixed cost of each small denoising
+        step. A training step's extra forwards without gradients (self-conditioning, the model's
+        own context) draw new times under new weights every step: nothing to remember there."""
+        if not torch.is_grad_enabled() and not self.training:  # training: new weights every step
             return self._remembered_tables(t, labels)
         cond = self.condition(self.timestep_input(t), labels)
         rows = [blk.adaLN_modulation(cond) for blk in self.blocks]
@@ -352,6 +358,7 @@ class UnifiedModel(nn.Module):
         heads: bool = True,
         depth: int | None = None,
         plan: ForwardPlan | None = None,
+        self_cond: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the trunk over the tokens described by `layout` (R, L).
 
@@ -362,6 +369,8 @@ class UnifiedModel(nn.Module):
         are appended to the cache. `depth` runs only the first `depth` blocks and returns their
         hidden states without heads (embeddings from an intermediate layer). `plan` (from `plan`)
         replaces cache, commit, cache_rows and backend: a sampler's steps over one layout reuse it.
+        `self_cond` (n_noisy, patch_dim), for a model with `self_condition`: the previous clean
+        estimate x̂0 at each noisy token (row-major order, as `pred`); None reads as zero.
         """
         cfg = self.cfg
         if plan is None:
@@ -378,6 +387,7 @@ class UnifiedModel(nn.Module):
         x = self.x_embedder(patches.to(self.x_embedder.weight.dtype))
         if cfg.abs_pos == "sincos":
             x = x + plan.abs_positions(cfg.dim, x.dtype)
+        x = self._add_self_condition(x, layout.noisy, self_cond, grad)
         if self.tok_embedder is not None and (plan.has_text or grad):
             is_text = (layout.modality == TEXT).unsqueeze(-1)
             x = torch.where(is_text, self.tok_embedder(tokens.clamp(0, cfg.vocab_size - 1)).to(x.dtype), x)
@@ -428,6 +438,23 @@ class UnifiedModel(nn.Module):
             rows, cols = clean_twins(layout, cfg.block_spec.block_len(cfg.grid))
             align = (self.align_proj(inner[cfg.align_layer][noisy]), inner[cfg.depth - 1][rows, cols].detach())
         return ModelOutput(x, pred, text_logits, align)
+
+    def _add_self_condition(self, x, noisy, self_cond: torch.Tensor | None, grad: bool) -> torch.Tensor:
+        """x plus the projected previous estimates at the noisy tokens. Without estimates nothing
+        is added, except with gradients, where zeros keep the projection in the graph (ZeRO)."""
+        if self.sc_embedder is None:
+            if self_cond is not None:
+                raise ValueError("self_cond given to a model without model.self_condition")
+            return x
+        if self_cond is None and not grad:
+            return x
+        w = self.sc_embedder.weight
+        sc = torch.zeros(*x.shape[:-1], w.shape[1], dtype=w.dtype, device=x.device)
+        if self_cond is not None:
+            if self_cond.shape != (int(noisy.sum()), w.shape[1]):
+                raise ValueError(f"self_cond of shape {tuple(self_cond.shape)} for {int(noisy.sum())} noisy tokens")
+            sc[noisy] = self_cond.to(w.dtype)
+        return x + self.sc_embedder(sc).to(x.dtype)
 
     def plan(
         self,

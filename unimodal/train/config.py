@@ -103,6 +103,10 @@ class LossConfig:
     # pixel models: each value's error weighed by 1 + edge_weight x the contrast of its pixel with
     # its neighbours in the clean patch, so the few pixels where a shape's outline runs count more
     edge_weight: float = 0.0
+    # a model with model.self_condition trains reading its own first estimate (an extra forward
+    # without gradients) on every k-th micro-batch, and reading zero on the others, as a sampler's
+    # first call does: 2 is the usual half
+    self_cond_every: int = 2
 
     def __post_init__(self) -> None:
         if not self.time_std > 0:
@@ -113,8 +117,9 @@ class LossConfig:
             raise ValueError(f"loss.align_weight must be >= 0, got {self.align_weight}")
         if not 0.0 <= self.context_noise <= 1.0:
             raise ValueError(f"loss.context_noise must be in [0, 1], got {self.context_noise}")
-        if self.context_every < 1:
-            raise ValueError(f"loss.context_every must be >= 1, got {self.context_every}")
+        for key in ("context_every", "self_cond_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"loss.{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.context_from < 1.0:
             raise ValueError(f"loss.context_from must be in [0, 1), got {self.context_from}")
         if self.context not in ("noise", "model"):

@@ -202,6 +202,7 @@ class Trainer:
         self.diffusion.logit_mean = loss_cfg.time_mean_at(self.step, self.cfg.train.max_steps)
         corrupt = index % loss_cfg.context_every == 0 and self.step >= loss_cfg.context_from * self.cfg.train.max_steps
         self.diffusion.context_noise = loss_cfg.context_noise if corrupt else 0.0
+        self_cond = self.model_cfg.self_condition and index % loss_cfg.self_cond_every == 0
         autocast = self.compute_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
             out = losses(
@@ -215,6 +216,7 @@ class Trainer:
                 weighting=self.cfg.loss.weighting,
                 edge_weight=self.cfg.loss.edge_weight,
                 patch_shape=(self.model_cfg.channels, self.model_cfg.patch_size),
+                self_cond=self_cond,
             )
         loss = out["loss"]
         if index in self.cfg.train.inject_nonfinite:

@@ -415,6 +415,42 @@ def test_batch_without_noisy_tokens_gives_every_weight_a_gradient():
     assert float(model.final_layer.linear.weight.grad.abs().sum()) == 0.0
 
 
+def test_self_conditioning_trains_reading_a_first_forwards_estimate():
+    """`losses(self_cond=True)`: the forward that trains reads x̂0 = x_t - t·v̂ of a first forward
+    (same noise, no estimate) at every noisy token, recomputed here by hand; the estimate changes
+    the loss, and the projection that reads it gets a gradient only then (zero, but present, as
+    ZeRO needs, without it). Refused for models without the option, and for ε-models."""
+    cfg = ModelConfig.from_preset("micro", num_classes=0, self_condition=True)
+    model = UnifiedModel(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    batch = make_batch(cfg)
+    lay = batch.layout
+    flow = Diffusion("flow")
+    out = losses(model, batch, flow, torch.Generator().manual_seed(0), self_cond=True)
+    out["loss"].backward()
+    assert model.sc_embedder.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        nb = noise_batch(batch, flow, torch.Generator().manual_seed(0))
+        t = nb.t[lay.block[lay.noisy]][:, None]
+        v = model(batch.tokens, nb.patches, lay, t=nb.t).pred
+        pred = model(batch.tokens, nb.patches, lay, t=nb.t, self_cond=nb.patches[lay.noisy] - t * v).pred
+        plain = model(batch.tokens, nb.patches, lay, t=nb.t).pred
+    torch.testing.assert_close(out["image"], ((pred - nb.target) ** 2).mean())
+    assert abs(out["image"] - ((plain - nb.target) ** 2).mean()) > 1e-4
+    model.zero_grad()
+    out = losses(model, batch, flow, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert model.sc_embedder.weight.grad is not None and model.sc_embedder.weight.grad.abs().sum() == 0
+    torch.testing.assert_close(out["image"], ((plain - nb.target) ** 2).mean())
+    with pytest.raises(ValueError, match="without model.self_condition"):
+        UnifiedModel(ModelConfig.from_preset("micro"))(batch.tokens, nb.patches, lay, t=nb.t, self_cond=v)
+    with pytest.raises(ValueError, match="self_condition needs diffusion 'flow'"):
+        ModelConfig.from_preset("micro", diffusion="ddpm_eps", self_condition=True)
+
+
 def test_bf16_autocast_keeps_losses_fp32():
     cfg = ModelConfig.from_preset("micro")
     model = UnifiedModel(cfg)

@@ -626,6 +626,7 @@ def test_many_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(runs):
         ("loss.context_every=0", ["loss.context_every"]),
         ("loss.context_from=1", ["loss.context_from"]),
         ("loss.edge_weight=-1", ["loss.edge_weight"]),
+        ("loss.self_cond_every=0", ["loss.self_cond_every"]),
         ("model.sigma_data=-0.5", ["sigma_data"]),
         ("data.prefetch=-1", ["data.prefetch"]),
         ("data.prefetch=null", ["data.prefetch", "None"]),
@@ -693,6 +694,27 @@ def test_trainer_gives_model_context_on_the_steps_asked(tmp_path, every, start, 
         trainer.train_step()
         seen.append(len(calls) - before)
     assert seen == want
+
+
+def test_trainer_self_conditions_every_kth_micro_batch(tmp_path):
+    """model.self_condition with `loss.self_cond_every=2`: two model forwards on micro-batches 0,
+    2 and 4 (the estimate, then the one that trains reading it), one on the others; the run
+    writes a model that keeps the option."""
+    from unimodal.train.config import load_config
+    from unimodal.train.trainer import Trainer
+
+    cfg = load_config(None, [*MICRO, "train.max_steps=5", "model.self_condition=true", "loss.self_cond_every=2"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.model_cfg.self_condition
+    calls = []
+    trainer.model.register_forward_hook(lambda module, args, out: calls.append(1))
+    seen = []
+    for _ in range(5):
+        before = len(calls)
+        trainer.train_step()
+        seen.append(len(calls) - before)
+    assert seen == [2, 1, 2, 1, 2]
+    assert trainer.model.sc_embedder.weight.abs().sum() > 0  # moved off its zero start
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

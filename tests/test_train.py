@@ -676,45 +676,40 @@ def test_trainer_applies_the_edge_weight(tmp_path):
     assert first[8]["image"] > first[0]["image"] * 1.05
 
 
+def forwards_per_step(tmp_path, overrides: list[str], steps: int = 5):
+    """The model forwards in each of `steps` training steps of the micro recipe with `overrides`,
+    and the trainer."""
+    from unimodal.train.config import load_config
+    from unimodal.train.trainer import Trainer
+
+    trainer = Trainer(load_config(None, [*MICRO, *overrides]), tmp_path / "run")
+    calls = []
+    trainer.model.register_forward_hook(lambda module, args, out: calls.append(1))
+    seen = []
+    for _ in range(steps):
+        before = len(calls)
+        trainer.train_step()
+        seen.append(len(calls) - before)
+    return seen, trainer
+
+
 @pytest.mark.parametrize(("every", "start", "want"), [(2, 0.0, [2, 1, 2, 1, 2]), (1, 0.5, [1, 1, 2, 2, 2])])
 def test_trainer_gives_model_context_on_the_steps_asked(tmp_path, every, start, want):
     """Model forwards per step: 2 where the model's own context is made (its first forward, then
     the one that trains), 1 elsewhere. `loss.context_every=2`: micro-batches 0, 2 and 4;
     `loss.context_from=0.5` of 4 steps: from step 2 on."""
-    from unimodal.train.config import load_config
-    from unimodal.train.trainer import Trainer
-
     ctx = ["loss.context=model", "loss.context_noise=0.5", f"loss.context_every={every}", f"loss.context_from={start}"]
-    trainer = Trainer(load_config(None, [*MICRO, "train.max_steps=4", *ctx]), tmp_path / "run")
-    calls = []
-    trainer.model.register_forward_hook(lambda module, args, out: calls.append(1))
-    seen = []
-    for _ in range(5):
-        before = len(calls)
-        trainer.train_step()
-        seen.append(len(calls) - before)
-    assert seen == want
+    assert forwards_per_step(tmp_path, ["train.max_steps=4", *ctx])[0] == want
 
 
 def test_trainer_self_conditions_every_kth_micro_batch(tmp_path):
     """model.self_condition with `loss.self_cond_every=2`: two model forwards on micro-batches 0,
-    2 and 4 (the estimate, then the one that trains reading it), one on the others; the run
-    writes a model that keeps the option."""
-    from unimodal.train.config import load_config
-    from unimodal.train.trainer import Trainer
-
-    cfg = load_config(None, [*MICRO, "train.max_steps=5", "model.self_condition=true", "loss.self_cond_every=2"])
-    trainer = Trainer(cfg, tmp_path / "run")
-    assert trainer.model_cfg.self_condition
-    calls = []
-    trainer.model.register_forward_hook(lambda module, args, out: calls.append(1))
-    seen = []
-    for _ in range(5):
-        before = len(calls)
-        trainer.train_step()
-        seen.append(len(calls) - before)
+    2 and 4 (the estimate, then the one that trains reading it), one on the others; the
+    projection that reads the estimate moves off its zero start."""
+    sc = ["train.max_steps=5", "model.self_condition=true", "loss.self_cond_every=2"]
+    seen, trainer = forwards_per_step(tmp_path, sc)
     assert seen == [2, 1, 2, 1, 2]
-    assert trainer.model.sc_embedder.weight.abs().sum() > 0  # moved off its zero start
+    assert trainer.model.sc_embedder.weight.abs().sum() > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

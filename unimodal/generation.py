@@ -289,12 +289,13 @@ class Engine:
         both = rows + (uncond_rows if mode == "text" else [])
         clean: list[torch.Tensor] = []  # blocks generated here; the last one is not committed yet
         unit_t = sampler.unit_timesteps  # guidance intervals are stated in [0, 1] (1 = noise) for every model
-        estimate: list[torch.Tensor | None] = [None]  # self-conditioning: the block's last (guided) x̂0
+        estimate: torch.Tensor | None = None  # self-conditioning: the block's last (guided) x̂0
 
         def fn(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            nonlocal estimate
             k = first + len(clean)
             if i == 0:
-                estimate[0] = None
+                estimate = None
             prev = [BlockSeg(k - 1, clean[-1][q], noisy=False) for q in range(g)] if (i == 0 and clean) else None
             guided = mode is not None and guidance is not None and guidance.needs_uncond(i, len(unit_t), unit_t[i])
             branches = [(rows, y, True)]
@@ -309,7 +310,7 @@ class Engine:
                 lab.append(br_labels)
             tt = torch.full((len(cache_rows),), float(t), device=self.device)
             lab = torch.cat(lab).to(self.device)
-            sc = None if estimate[0] is None else estimate[0].repeat(len(branches), 1, 1)
+            sc = None if estimate is None else estimate.repeat(len(branches), 1, 1)
             if prev is None:  # nothing to commit: the same layout as the block's other steps
                 pred = self.denoise(cache_rows, k, x.repeat(len(branches), 1, 1), tt, lab, sc)
             else:
@@ -318,7 +319,7 @@ class Engine:
             if guided:
                 pred = apply(pred[:g], pred[g:], guidance.scale_at(i, sampler.num_calls, unit_t[i]))
             if self.cfg.self_condition:
-                estimate[0] = sample_from_velocity(pred[:g], x, t)
+                estimate = sample_from_velocity(pred[:g], x, t)
             return pred[:g]
 
         for k in range(first, n_blocks):
